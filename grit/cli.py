@@ -1,0 +1,162 @@
+"""The `grit` command line: one model for embeddings and chat.
+
+grit info                                   model, dtype, threads, cache folder
+grit encode --instruction I < lines.txt     one embedding per input line (JSON lines, or --out x.npy)
+grit similarity "a" "b"                     cosine similarity
+grit chat "question"                        streamed answer
+grit demo                                   embed, compare and answer with the default model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("grit")
+
+EXPECTED_ERRORS = (FileNotFoundError, ValueError, TypeError, OSError)
+DEMO_SENTENCES = [
+    "A man is playing a guitar.",
+    "Someone is playing an instrument.",
+    "The stock market fell sharply today.",
+    "Shares dropped at the close of trading.",
+]
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="HF folder or .gguf file (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+
+
+def load_model(args: argparse.Namespace):
+    from grit import GritModel
+
+    return GritModel.load(args.model, dtype=args.dtype, device=args.device)
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from grit import hardware, loading
+
+    facts: dict[str, object] = {"cache": str(loading.cache_root()), **hardware.describe()}
+    model = load_model(args)
+    facts.update(
+        model=str(model.path),
+        architecture=model.lm.config.model_type,
+        parameters=f"{sum(p.numel() for p in model.lm.parameters()) / 1e6:.1f}M",
+        dtype=str(model.dtype).removeprefix("torch."),
+        embedding_dim=model.dim,
+        context=model.context_length,
+    )
+    width = max(map(len, facts))
+    for key, value in facts.items():
+        print(f"{key:<{width}}  {value}")
+
+
+def read_lines(stream) -> list[str]:
+    lines = stream.read().splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            raise ValueError(f"line {number} of the input is empty; give one non-empty text per line")
+    return lines
+
+
+def cmd_encode(args: argparse.Namespace) -> None:
+    texts = read_lines(sys.stdin)
+    model = load_model(args)
+    vectors = model.encode(texts, args.instruction, batch_size=args.batch_size, max_length=args.max_length)
+    if args.out:
+        np.save(args.out, vectors)
+        log.info("wrote %s %s to %s", vectors.shape, vectors.dtype, args.out)
+        return
+    for i, v in enumerate(vectors):
+        print(json.dumps({"index": i, "embedding": [round(float(x), 7) for x in v]}))
+
+
+def cmd_similarity(args: argparse.Namespace) -> None:
+    print(f"{load_model(args).similarity(args.a, args.b, args.instruction):.4f}")
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    model = load_model(args)
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": args.question}
+    ]
+    for piece in model.chat(messages, max_new_tokens=args.max_new_tokens, temperature=args.temperature):
+        print(piece, end="", flush=True)
+    print()
+
+
+def print_matrix(labels: list[str], matrix: np.ndarray) -> None:
+    print("      " + "".join(f"{i:>7d}" for i in range(len(labels))))
+    for i, row in enumerate(matrix):
+        print(f"{i:>4d}  " + "".join(f"{x:7.3f}" for x in row) + f"   {labels[i]}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    model = load_model(args)
+    print(f"model: {model.path} ({model.lm.config.model_type}, {str(model.dtype).removeprefix('torch.')})\n")
+    vectors = model.encode(DEMO_SENTENCES, instruction="Retrieve semantically similar sentences")
+    print("Cosine similarity (bidirectional attention, mean over text tokens):")
+    print_matrix(DEMO_SENTENCES, vectors @ vectors.T)
+    question = "What is the capital of France?"
+    print(f"\nQ: {question}\nA: ", end="", flush=True)
+    for piece in model.chat(question, max_new_tokens=64):
+        print(piece, end="", flush=True)
+    print()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="grit", description="One language model for embeddings and generation.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, handler: Callable, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        add_model_options(p)
+        p.set_defaults(handler=handler)
+        return p
+
+    command("info", cmd_info, "show the model, dtype, threads and cache folder")
+    p = command("encode", cmd_encode, "embed one text per stdin line")
+    p.add_argument("--instruction", default="", help="embedding instruction (GritLM format)")
+    p.add_argument("--out", type=Path, help="write a .npy file instead of JSON lines on stdout")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=512)
+    p = command("similarity", cmd_similarity, "cosine similarity of two texts")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--instruction", default="")
+    p = command("chat", cmd_chat, "answer a question, streaming")
+    p.add_argument("question")
+    p.add_argument("--system", default="", help="system message")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    command("demo", cmd_demo, "embed, compare and answer with one model")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        args.handler(args)
+    except EXPECTED_ERRORS as e:
+        print(f"grit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("grit: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

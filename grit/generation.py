@@ -1,0 +1,156 @@
+"""Text generation with causal attention: chat formatting, sampling settings, stop strings, streaming, cancelling.
+
+Decoding itself is transformers' ``generate`` (so greedy output equals plain transformers token for token); this
+module adds what a user of an API expects around it: stop strings cut from the text, a stream of text pieces that
+never shows part of a stop string, and a ``threading.Event`` that stops generation (a client that went away).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+from grit.formats import Message, PromptFormat
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SamplingParams:
+    """Decoding settings; temperature 0 means greedy."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if not all(isinstance(s, str) for s in stops):
+            raise TypeError(f"stop must be a string or a list of strings, got {self.stop!r:.80}")
+        self.stop = [s for s in stops if s]
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+class StopOnEvent(StoppingCriteria):
+    """Ends generation when the event is set (by a stop string seen in the stream, or a caller that gave up)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def chat_prompt(tokenizer, messages: Sequence[Message], fmt: PromptFormat) -> str:
+    """The generation prompt for ``messages``: the tokenizer's chat template, or GritLM's format."""
+    use_template = fmt.chat == "template" or (fmt.chat == "auto" and getattr(tokenizer, "chat_template", None))
+    if use_template:
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    return fmt.grit_chat(messages)
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """Text up to the first stop string, and whether one was found."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
+def generation_config(model, params: SamplingParams, tokenizer) -> GenerationConfig:
+    config = GenerationConfig.from_dict(model.generation_config.to_dict())
+    config.max_new_tokens = params.max_new_tokens
+    config.do_sample = params.temperature > 0
+    # Greedy must not carry sampling settings (transformers warns about them), sampling gets exactly ours.
+    config.temperature = params.temperature if config.do_sample else None
+    config.top_p = params.top_p if config.do_sample else None
+    config.top_k = None
+    if config.pad_token_id is None:
+        config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if params.stop:
+        config.stop_strings = list(params.stop)
+    return config
+
+
+def prompt_ids(tokenizer, prompt: str, max_new_tokens: int, context: int, device: torch.device) -> torch.Tensor:
+    # The chat template already holds the special tokens (BOS etc.), so none are added again.
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    if ids.shape[1] + max_new_tokens > context:
+        raise ValueError(
+            f"prompt is {ids.shape[1]} tokens; with max_new_tokens={max_new_tokens} that exceeds the model's "
+            f"context of {context} tokens"
+        )
+    return ids.to(device)
+
+
+def run_generate(model, tokenizer, ids: torch.Tensor, params: SamplingParams, streamer=None, cancel=None):
+    if params.seed is not None:
+        torch.manual_seed(params.seed)
+    criteria = StoppingCriteriaList([StopOnEvent(cancel)]) if cancel is not None else None
+    with torch.inference_mode():
+        return model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            generation_config=generation_config(model, params, tokenizer),
+            tokenizer=tokenizer,  # needed by stop_strings
+            stopping_criteria=criteria,
+            streamer=streamer,
+        )
+
+
+def generate_text(model, tokenizer, ids: torch.Tensor, params: SamplingParams) -> str:
+    out = run_generate(model, tokenizer, ids, params)
+    text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    return cut_at_stop(text, params.stop)[0]
+
+
+def stream_text(
+    model, tokenizer, ids: torch.Tensor, params: SamplingParams, cancel: threading.Event | None = None
+) -> Iterator[str]:
+    """Yield text pieces as they are decoded. Closing the iterator early (or setting ``cancel``) stops generation."""
+    cancel = cancel or threading.Event()
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=None)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            run_generate(model, tokenizer, ids, params, streamer=streamer, cancel=cancel)
+        except BaseException as e:  # surfaced in the consumer's thread below
+            errors.append(e)
+            streamer.on_finalized_text("", stream_end=True)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    # Hold back the tail that could be the start of a stop string, so a stream never shows part of one.
+    hold = max((len(s) for s in params.stop), default=1) - 1
+    pending = ""
+    try:
+        for piece in streamer:
+            pending += piece
+            text, stopped = cut_at_stop(pending, params.stop)
+            if stopped:
+                cancel.set()
+                if text:
+                    yield text
+                pending = ""
+                break
+            if len(pending) > hold:
+                ready, pending = pending[: len(pending) - hold], pending[len(pending) - hold :]
+                yield ready
+        if pending and not cancel.is_set():
+            yield pending
+    finally:
+        cancel.set()  # the consumer stopped reading: stop the model (the streamer's queue is unbounded, so the
+        thread.join()  # worker never blocks on it and ends at the next token)
+    if errors:
+        raise errors[0]

