@@ -43,8 +43,12 @@ class PromptFormat:
             return self.embed_with_instruction.format(instruction=instruction)
         return self.embed_without_instruction
 
-    def grit_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-        """GritLM's generation format. A system message is folded into the first user turn (GritLM has no system)."""
+    def grit_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True, eos: str = "</s>") -> str:
+        """GritLM's generation format. A system message is folded into the first user turn (GritLM has no system).
+
+        An assistant turn ends with ``eos``: GritLM's ``</s>`` is Mistral's end token; for another tokenizer it
+        must be that tokenizer's own end token, or the model never learns a token that stops generation.
+        """
         parts: list[str] = []
         system = ""
         for m in messages:
@@ -54,7 +58,7 @@ class PromptFormat:
                 parts.append(self.user_turn.format(content=system + m["content"]))
                 system = ""
             else:
-                parts.append(self.assistant_turn + m["content"] + "</s>")
+                parts.append(self.assistant_turn + m["content"] + eos)
         if add_generation_prompt:
             parts.append(self.assistant_turn)
         return "".join(parts)

@@ -53,12 +53,15 @@ class StopOnEvent(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
-def chat_prompt(tokenizer, messages: Sequence[Message], fmt: PromptFormat) -> str:
-    """The generation prompt for ``messages``: the tokenizer's chat template, or GritLM's format."""
+def chat_prompt(tokenizer, messages: Sequence[Message], fmt: PromptFormat, add_generation_prompt: bool = True) -> str:
+    """``messages`` rendered with the tokenizer's chat template, or GritLM's format; with the assistant's opening
+    at the end when ``add_generation_prompt`` (inference), without it for a whole conversation (training)."""
     use_template = fmt.chat == "template" or (fmt.chat == "auto" and getattr(tokenizer, "chat_template", None))
     if use_template:
-        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-    return fmt.grit_chat(messages)
+        return tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    return fmt.grit_chat(messages, add_generation_prompt, eos=tokenizer.eos_token or "</s>")
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:

@@ -1,0 +1,187 @@
+"""Turn examples into tensors: embedding groups → token ids with text masks; conversations → ids and labels.
+
+Embedding inputs go through ``grit.embedding.tokenize`` (the same function ``GritModel.encode`` uses), so training
+sees exactly the tokens inference sees and the instruction is left out of pooling the same way.
+
+Generative inputs use ``grit.generation.chat_prompt``, the prompt the model gets at inference. Labels are the token
+ids on assistant turns and -100 (ignored by the loss) everywhere else: system prompt, user turns, the chat format
+around them, and padding. The assistant's end-of-turn marker (``<|im_end|>``, ``</s>``) is trained, so the model
+learns to stop.
+
+Assistant spans are found by rendering the conversation prefix by prefix: the generation prompt for the history
+before assistant turn k ends where the turn's text begins, and the history rendered through turn k ends where it
+stops. Character spans are then mapped to tokens by their offsets. This works for any chat template that renders
+a conversation as the concatenation of its turns, and fails loudly for one that does not (for example a template
+that drops the reasoning of earlier turns).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import torch
+
+from grit.embedding import EmbeddingInput, pad_batch, tokenize
+from grit.formats import Message, PromptFormat, as_messages
+from grit.generation import chat_prompt
+
+from .data import EmbeddingGroup, GenerativeExample, Text
+from .losses import IGNORE
+
+log = logging.getLogger(__name__)
+
+
+class TensorBatch:
+    """``to(device)`` for a dataclass of tensors (ints are kept)."""
+
+    def to(self, device: torch.device | str):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                setattr(self, f.name, value.to(device))
+        return self
+
+
+@dataclass
+class EmbeddingBatch(TensorBatch):
+    """B queries and their B*G passages (G = group_size; rows i*G .. i*G+G-1 belong to query i, the first is its
+    positive). For each: ids, padding mask (1 = real token) and text mask (1 = pooled), all right-padded."""
+
+    query_ids: torch.Tensor  # (B, Tq)
+    query_padding: torch.Tensor  # (B, Tq)
+    query_text: torch.Tensor  # (B, Tq)
+    passage_ids: torch.Tensor  # (B*G, Tp)
+    passage_padding: torch.Tensor  # (B*G, Tp)
+    passage_text: torch.Tensor  # (B*G, Tp)
+    group_size: int
+    truncated: int  # queries and passages cut at their max length; the trainer sums and reports them
+
+
+@dataclass
+class GenerativeBatch(TensorBatch):
+    """Right-padded conversations; ``labels`` equal ``input_ids`` on trained tokens and -100 elsewhere."""
+
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T)
+    labels: torch.Tensor  # (B, T)
+    truncated: int  # conversations cut at max_length
+
+
+# --- embedding ---------------------------------------------------------------------------------------------------
+
+
+def tokenize_texts(tokenizer, texts: Sequence[Text], fmt: PromptFormat, max_length: int) -> list[EmbeddingInput]:
+    """(instruction, text) pairs → tokenized inputs in the same order. ``tokenize`` takes one prefix per call, so
+    texts are grouped by instruction."""
+    by_prefix: dict[str, list[int]] = {}
+    for row, (instruction, _) in enumerate(texts):
+        by_prefix.setdefault(fmt.embed_prefix(instruction), []).append(row)
+    out: list[EmbeddingInput | None] = [None] * len(texts)
+    for prefix, rows in by_prefix.items():
+        try:
+            items = tokenize(tokenizer, [texts[r][1] for r in rows], prefix, max_length)
+        except ValueError as e:
+            raise ValueError(f"{e} (instruction {texts[rows[0]][0]!r:.100})") from None
+        for r, item in zip(rows, items, strict=True):
+            out[r] = item
+    return out
+
+
+def collate_embedding(
+    tokenizer,
+    groups: Sequence[EmbeddingGroup],
+    fmt: PromptFormat,
+    query_max_length: int,
+    passage_max_length: int,
+) -> EmbeddingBatch:
+    """Tokenize B groups of one query and G passages each (every group must have the same G)."""
+    if not groups:
+        raise ValueError("an embedding batch needs at least one group")
+    group_size = len(groups[0].passages)
+    if any(len(g.passages) != group_size for g in groups):
+        raise ValueError(f"all groups must have {group_size} passages, got {[len(g.passages) for g in groups]}")
+    queries = tokenize_texts(tokenizer, [g.query for g in groups], fmt, query_max_length)
+    passages = tokenize_texts(tokenizer, [p for g in groups for p in g.passages], fmt, passage_max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    cpu = torch.device("cpu")
+    return EmbeddingBatch(
+        *pad_batch(queries, pad_id, cpu),
+        *pad_batch(passages, pad_id, cpu),
+        group_size=group_size,
+        truncated=sum(x.truncated for x in queries + passages),
+    )
+
+
+# --- generation --------------------------------------------------------------------------------------------------
+
+
+def assistant_spans(tokenizer, messages: Sequence[Message], fmt: PromptFormat) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans (start, end) of its assistant turns.
+
+    A span runs from the end of the generation prompt to the end of the turn's end-of-turn marker; whitespace the
+    template puts after the marker (ChatML's ``\\n``) is left out, since generation stops at the marker.
+    """
+    messages = as_messages(messages)
+    full = chat_prompt(tokenizer, messages, fmt, add_generation_prompt=False)
+    spans = []
+    for k, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = chat_prompt(tokenizer, messages[:k], fmt)  # history + generation prompt: what inference feeds
+        # history + this turn + its end-of-turn marker
+        through = chat_prompt(tokenizer, messages[: k + 1], fmt, add_generation_prompt=False)
+        for name, prefix in (("generation prompt", before), ("rendered history", through)):
+            if not full.startswith(prefix):
+                raise ValueError(
+                    f"the chat format does not render turn {k} as a prefix of the whole conversation ({name} "
+                    "differs), so assistant tokens cannot be located; use PromptFormat(chat='grit') or a template "
+                    "that renders turns by concatenation"
+                )
+        end = len(through.rstrip())
+        if end <= len(before):
+            raise ValueError(f"assistant turn {k} renders to no text after its generation prompt")
+        spans.append((len(before), end))
+    return full, spans
+
+
+def tokenize_conversation(
+    tokenizer, conversation: Sequence[Message] | str, fmt: PromptFormat, max_length: int
+) -> tuple[list[int], list[int], bool]:
+    """(ids, labels, truncated) of one conversation, cut to ``max_length`` tokens.
+
+    A chat is rendered with its format tokens (no tokenizer specials added: the template holds them, as in
+    ``grit.generation.prompt_ids``); a token is trained when it covers any character of an assistant span. A plain
+    string gets the tokenizer's special tokens and every token is trained.
+    """
+    if isinstance(conversation, str):
+        ids = tokenizer(conversation, add_special_tokens=True)["input_ids"]
+        return ids[:max_length], list(ids[:max_length]), len(ids) > max_length
+    text, spans = assistant_spans(tokenizer, conversation, fmt)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"]
+    labels = [
+        token if end > start and any(start < b and end > a for a, b in spans) else IGNORE
+        for token, (start, end) in zip(ids, enc["offset_mapping"], strict=True)
+    ]
+    return ids[:max_length], labels[:max_length], len(ids) > max_length
+
+
+def collate_generative(
+    tokenizer, examples: Sequence[GenerativeExample], fmt: PromptFormat, max_length: int
+) -> GenerativeBatch:
+    """Tokenize and right-pad B conversations; labels are -100 on padding and on everything but assistant turns."""
+    if not examples:
+        raise ValueError("a generative batch needs at least one example")
+    rows = [tokenize_conversation(tokenizer, ex.conversation, fmt, max_length) for ex in examples]
+    width = max(len(ids) for ids, _, _ in rows)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for r, (ids, lab, _) in enumerate(rows):
+        input_ids[r, : len(ids)] = torch.tensor(ids)
+        attention[r, : len(ids)] = 1
+        labels[r, : len(ids)] = torch.tensor(lab)
+    return GenerativeBatch(input_ids, attention, labels, truncated=sum(cut for _, _, cut in rows))

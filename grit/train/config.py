@@ -1,0 +1,333 @@
+"""Training configuration: one tree of typed dataclasses, read from YAML or JSON, overridden from the command line,
+saved as JSON next to the checkpoints.
+
+    cfg = TrainConfig.from_file("train.yaml", overrides=["lr=1e-4", "lora.r=8", "data.embedding_files=a.jsonl"])
+    cfg.save("runs/x")  # runs/x/train_config.json, which TrainConfig.from_file reads back
+
+Every field has a type, a default and ``metadata={"help": ...}`` (``TrainConfig.options()`` lists them for a CLI).
+Values are checked in ``__post_init__``; an error names the field and the bad value. Defaults follow GritLM
+(Muennighoff et al. 2024) where it has one: temperature 0.02, one hard negative, linear schedule, LoRA r=16 alpha=64.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from grit.pooling import Pooling
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "train_config.json"
+DATA_SUFFIXES = (".jsonl", ".jsonl.gz")
+
+
+def opt(default: Any, help: str) -> Any:
+    """A dataclass field with a default and a help text; list and dataclass defaults get a fresh copy per instance."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    if isinstance(default, type) and dataclasses.is_dataclass(default):
+        return field(default_factory=default, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def check_choices(obj: Any, prefix: str = "") -> None:
+    """Every ``Literal`` field of ``obj`` holds one of its choices; the error lists them."""
+    for name, tp in get_type_hints(type(obj)).items():
+        if get_origin(tp) is Literal and getattr(obj, name) not in get_args(tp):
+            choices = ", ".join(repr(c) for c in get_args(tp))
+            raise ValueError(f"{prefix}{name} must be one of {choices}; got {getattr(obj, name)!r}")
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters (peft). GritLM's values: r=16, alpha=64, dropout=0.1."""
+
+    enabled: bool = opt(False, "Train LoRA adapters instead of all weights.")
+    r: int = opt(16, "Rank of the adapter matrices.")
+    alpha: int = opt(64, "Scaling numerator; the update is scaled by alpha / r.")
+    dropout: float = opt(0.1, "Dropout on the adapter input, in [0, 1).")
+    target_modules: list[str] = opt(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "Names of the linear layers that get adapters (Llama/Mistral/Qwen2 naming: attention and MLP).",
+    )
+
+    def __post_init__(self) -> None:
+        check(self.r >= 1, f"lora.r must be >= 1, got {self.r}")
+        check(self.alpha > 0, f"lora.alpha must be > 0, got {self.alpha}")
+        check(0 <= self.dropout < 1, f"lora.dropout must be in [0, 1), got {self.dropout}")
+        check(bool(self.target_modules), "lora.target_modules must name at least one module, got []")
+
+
+@dataclass
+class DataConfig:
+    """Training files (GritLM JSON lines, one data set per file), batch sizes and token limits."""
+
+    embedding_files: list[str] = opt([], 'Contrastive files, {"query", "pos": [...], "neg": [...]} per line.')
+    generative_files: list[str] = opt([], 'Generative files, {"text": [user, assistant, ...]} per line.')
+    embedding_batch_size: int = opt(32, "Queries per contrastive batch; all drawn from one file (in-batch negatives).")
+    generative_batch_size: int = opt(4, "Conversations per generative batch.")
+    num_hard_negatives: int = opt(1, "Hard negatives per query (GritLM train_group_size - 1).")
+    query_max_length: int = opt(256, "Tokens per query, instruction and format included; longer ones are cut.")
+    passage_max_length: int = opt(512, "Tokens per passage, instruction and format included; longer ones are cut.")
+    generative_max_length: int = opt(1024, "Tokens per conversation, chat format included; longer ones are cut.")
+    skip_bad_lines: bool = opt(False, "Skip malformed lines (counted and logged) instead of stopping at the first.")
+
+    def __post_init__(self) -> None:
+        for name in ("embedding_files", "generative_files"):
+            for path in getattr(self, name):
+                check(
+                    str(path).endswith(DATA_SUFFIXES),
+                    f"data.{name}: {str(path)!r} is not a .jsonl or .jsonl.gz file",
+                )
+        for name in ("embedding_batch_size", "generative_batch_size"):
+            check(getattr(self, name) >= 1, f"data.{name} must be >= 1, got {getattr(self, name)}")
+        check(self.num_hard_negatives >= 0, f"data.num_hard_negatives must be >= 0, got {self.num_hard_negatives}")
+        for name in ("query_max_length", "passage_max_length", "generative_max_length"):
+            check(getattr(self, name) >= 2, f"data.{name} must be >= 2, got {getattr(self, name)}")
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs. ``mode`` picks the losses: contrastive, next-token, or both (GRIT)."""
+
+    model: str | None = opt(None, "Hugging Face folder or .gguf file; None for the default model.")
+    mode: Literal["embedding", "generative", "unified"] = opt("unified", "Which losses to train.")
+    output_dir: str = opt("runs/grit", "Checkpoints, logs and train_config.json go here.")
+    seed: int = opt(0, "Seed for data order, negative sampling and initialisation.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt("auto", "Weights dtype; auto as grit.hardware.")
+    data: DataConfig = opt(DataConfig, "Data files, batch sizes and lengths.")
+    lora: LoraConfig = opt(LoraConfig, "LoRA adapters.")
+    # --- embedding ---
+    pooling: Pooling = opt("mean", "How token states become one vector (over text tokens only).")
+    attention: Literal["bidirectional", "causal"] = opt("bidirectional", "Attention when embedding (GRIT).")
+    temperature: float = opt(0.02, "Contrastive softmax temperature; scores are cos / temperature (GritLM: 0.02).")
+    symmetric: bool = opt(False, "Add the passage-to-query direction to the contrastive loss (mean of both).")
+    # --- generation ---
+    loss_gen_factor: float = opt(1.0, "Weight of the next-token loss in the sum with the contrastive loss.")
+    loss_gen_type: Literal["mixed", "token"] = opt(
+        "mixed", "Next-token loss averaging (GritLM): mixed = mean over the batch's tokens; token = sum / batch size"
+    )
+    # --- optimisation ---
+    lr: float = opt(2e-5, "Peak learning rate (AdamW).")
+    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    max_grad_norm: float = opt(1.0, "Clip the gradient norm to this; 0 turns clipping off.")
+    scheduler: Literal["linear", "cosine", "constant"] = opt("linear", "Learning-rate decay after warmup.")
+    warmup_steps: int = opt(0, "Linear warmup steps; > 0 wins over warmup_ratio.")
+    warmup_ratio: float = opt(0.03, "Warmup as a fraction of all optimizer steps, in [0, 1) (GritLM: 0.03).")
+    max_steps: int = opt(0, "Optimizer steps to train; > 0 wins over epochs.")
+    epochs: float = opt(1.0, "Passes over the data (of the embedding data in unified mode) when max_steps is 0.")
+    gradient_accumulation: int = opt(1, "Batches whose gradients are summed before each optimizer step.")
+    gradcache_chunk_size: int = opt(0, "GradCache: embed the contrastive batch in chunks of this many; 0 = off.")
+    # --- bookkeeping ---
+    log_every: int = opt(10, "Log losses every this many steps; 0 = never.")
+    eval_every: int = opt(0, "Evaluate every this many steps; 0 = never.")
+    save_every: int = opt(500, "Save a checkpoint every this many steps; 0 = only at the end.")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        check(self.model is None or bool(str(self.model)), "model must be a path or None, got ''")
+        check(bool(self.output_dir), "output_dir must not be empty")
+        self.check_data()
+        check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        check(self.loss_gen_factor >= 0, f"loss_gen_factor must be >= 0, got {self.loss_gen_factor}")
+        check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        check(self.max_grad_norm >= 0, f"max_grad_norm must be >= 0, got {self.max_grad_norm}")
+        check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        check(self.max_steps >= 0, f"max_steps must be >= 0, got {self.max_steps}")
+        check(self.max_steps > 0 or self.epochs > 0, f"epochs must be > 0 when max_steps is 0, got {self.epochs}")
+        check(self.gradient_accumulation >= 1, f"gradient_accumulation must be >= 1, got {self.gradient_accumulation}")
+        for name in ("log_every", "eval_every", "save_every"):
+            check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        self.check_gradcache()
+
+    def check_data(self) -> None:
+        """Each mode needs its kind of data; data the mode does not use is reported, not silently dropped."""
+        d = self.data
+        needs = {"embedding": ("embedding",), "generative": ("generative",), "unified": ("embedding", "generative")}
+        for kind in needs[self.mode]:
+            check(
+                bool(getattr(d, f"{kind}_files")),
+                f"mode={self.mode!r} needs data.{kind}_files, got none",
+            )
+        for kind in ("embedding", "generative"):
+            if kind not in needs[self.mode] and getattr(d, f"{kind}_files"):
+                log.warning("mode=%r: data.%s_files are not used", self.mode, kind)
+        if self.mode != "generative":
+            check(
+                d.embedding_batch_size > 1 or d.num_hard_negatives > 0,
+                "data.embedding_batch_size=1 with data.num_hard_negatives=0 leaves the contrastive loss no negatives",
+            )
+
+    def check_gradcache(self) -> None:
+        size = self.gradcache_chunk_size
+        check(size >= 0, f"gradcache_chunk_size must be >= 0, got {size}")
+        if size:
+            check(self.mode != "generative", "gradcache_chunk_size is for the contrastive loss; mode is 'generative'")
+            check(
+                size < self.data.embedding_batch_size,
+                f"gradcache_chunk_size={size} must be smaller than data.embedding_batch_size="
+                f"{self.data.embedding_batch_size} to have any effect",
+            )
+
+    # --- reading and writing ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+        """Build from nested dicts (as read from YAML/JSON), after applying ``key.sub=value`` overrides."""
+        values = apply_overrides(values, overrides)
+        return build(cls, values)
+
+    @classmethod
+    def from_file(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+        """Read a ``.yaml``/``.yml`` or ``.json`` file; ``overrides`` as ``["lr=1e-4", "lora.r=8"]``."""
+        path = Path(path)
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        elif path.suffix == ".json":
+            values = json.loads(text)
+        else:
+            raise ValueError(f"config file {str(path)!r} must end in .yaml, .yml or .json")
+        if not isinstance(values, dict):
+            raise ValueError(f"config file {str(path)!r} must hold a mapping, got {type(values).__name__}")
+        return cls.from_dict(values, overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``folder/train_config.json``; returns its path."""
+        path = Path(folder) / CONFIG_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def options(cls) -> list[tuple[str, str, Any, str]]:
+        """(dotted name, type, default, help) of every leaf field, for ``--help`` output."""
+        return list(leaf_options(cls))
+
+
+def leaf_options(cls: type, prefix: str = ""):
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from leaf_options(tp, f"{prefix}{f.name}.")
+        else:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            yield f"{prefix}{f.name}", type_name(tp), default, f.metadata.get("help", "")
+
+
+def type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "{" + ",".join(str(a) for a in get_args(tp)) + "}"
+    return getattr(tp, "__name__", None) if get_origin(tp) is None else str(tp).replace("typing.", "")
+
+
+# --- building dataclasses from loose values ----------------------------------------------------------------------
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """A copy of ``values`` with each ``a.b=text`` set (as text; ``build`` converts it to the field's type)."""
+    values = copy.deepcopy(values)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip().removeprefix("--")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} must look like key=value (nested: lora.r=8)")
+        *parents, leaf = key.split(".")
+        node = values
+        for i, part in enumerate(parents):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {'.'.join(parents[: i + 1])} is not a group of options")
+        node[leaf] = text
+    return values
+
+
+def build(cls: type, values: Any, prefix: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from a dict, converting each value to its field's type; unknown keys raise."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {values!r:.80}")
+    hints = get_type_hints(cls)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        known = ", ".join(f"{prefix}{n}" for n in hints)
+        raise ValueError(f"unknown option {prefix}{unknown[0]}; expected one of: {known}")
+    kwargs = {}
+    for name, value in values.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = build(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = convert(value, tp, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def convert(value: Any, tp: Any, name: str) -> Any:
+    """``value`` as type ``tp``. Strings (command line, YAML's ``1e-4``) are parsed; other mismatches raise."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return convert(value, inner, name)
+    if origin is Literal:
+        return value  # the dataclass checks the choice and lists them
+    if origin is list:
+        if isinstance(value, str):
+            value = parse_list(value, name)
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{name} must be a list, got {value!r:.80}")
+        return [convert(v, args[0], f"{name}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in TRUE + FALSE:
+            return value.strip().lower() in TRUE
+    elif tp in (int, float):
+        if isinstance(value, str):
+            try:
+                return tp(value.strip())
+            except ValueError:
+                pass
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            if tp is float or float(value).is_integer():
+                return tp(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"{name}: no conversion to {tp!r}")  # a field type this module does not handle yet
+    raise ValueError(f"{name} must be {type_name(tp)}, got {value!r:.80}")
+
+
+def parse_list(text: str, name: str) -> list[Any]:
+    """``a.jsonl,b.jsonl`` or a JSON list ``["a.jsonl", "b.jsonl"]``; an empty string is an empty list."""
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{name}: cannot parse {text!r} as a JSON list: {e}") from None
+    return [part.strip() for part in text.split(",") if part.strip()]

@@ -1,0 +1,337 @@
+"""Training data in GritLM's JSON-lines formats, and a deterministic, resumable batch sampler.
+
+One file is one data set (``.jsonl`` or ``.jsonl.gz``). Two kinds, as GritLM's ``training/data.py``:
+
+    embedding   {"query": Q, "pos": [P, ...], "neg": [P, ...]}     Q, P: "text" or ["instruction", "text"]
+    generative  {"text": ["user", "assistant", "user", "assistant", ...]}
+                {"text": [{"role": "system" | "user" | "assistant", "content": ...}, ...]}   (grit extension)
+                {"text": "plain text"}                                (no chat format; every token is trained)
+
+``neg`` may be missing or empty. Other keys (``source``, ``id``) are ignored. A malformed line raises
+``DataFormatError`` naming the file and line; with ``skip_bad_lines`` it is skipped, counted and logged.
+
+Each contrastive batch draws all its queries from one file (``BatchSampler(same_dataset=True)``), so the in-batch
+negatives come from the same task, as GritLM's ``CustomRandomSampler`` does (GritLM merges the leftovers of each file
+into mixed batches; we drop them instead, so the rule has no exception, and reshuffle each epoch).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grit.formats import Message, as_messages
+
+log = logging.getLogger(__name__)
+
+Text = tuple[str, str]  # (instruction, text); instruction "" for none
+
+
+class DataFormatError(ValueError):
+    """A line of a data file does not hold a valid example. ``str(e)`` starts with ``path:line:``."""
+
+    def __init__(self, path: str | Path, line: int | None, message: str):
+        self.path, self.line = str(path), line
+        super().__init__(f"{path}:{line}: {message}" if line else f"{path}: {message}")
+
+
+@dataclass
+class EmbeddingExample:
+    query: Text
+    pos: list[Text]
+    neg: list[Text] = field(default_factory=list)
+
+
+@dataclass
+class GenerativeExample:
+    """A chat (trained on the assistant turns) or a plain string (trained on every token)."""
+
+    conversation: list[Message] | str
+
+
+@dataclass
+class Dataset:
+    """The examples of one file, and how many malformed lines were skipped."""
+
+    path: Path
+    examples: list[Any]
+    skipped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+
+@dataclass
+class EmbeddingGroup:
+    """A query and its passages: ``passages[0]`` is the positive, the rest are hard negatives."""
+
+    query: Text
+    passages: list[Text]
+
+
+# --- parsing one example -----------------------------------------------------------------------------------------
+
+
+def parse_text(value: Any, what: str) -> Text:
+    """``"text"`` or ``["instruction", "text"]`` → (instruction, text).
+
+    The instruction is stripped of whitespace and a trailing ``:`` as GritLM does: MEDI-style instructions end in
+    ``": "``, which the embedding format's ``\\n<|embed|>\\n`` replaces.
+    """
+    if isinstance(value, str):
+        instruction, text = "", value
+    elif isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, str) for v in value):
+        instruction, text = value[0].strip("\t\n :"), value[1]
+    else:
+        raise ValueError(f"{what} must be a string or [instruction, text], got {value!r:.80}")
+    if not text.strip():
+        raise ValueError(f"{what} has an empty text; there is nothing to embed")
+    return instruction, text
+
+
+def parse_embedding(obj: Any) -> EmbeddingExample:
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    for key in ("query", "pos"):
+        if key not in obj:
+            raise ValueError(f"missing key {key!r} (an embedding example has query, pos and optional neg)")
+    passages = {}
+    for key in ("pos", "neg"):
+        items = obj.get(key) or []
+        if not isinstance(items, list):
+            raise ValueError(f"{key} must be a list of passages, got {type(items).__name__}")
+        passages[key] = [parse_text(p, f"{key}[{i}]") for i, p in enumerate(items)]
+    if not passages["pos"]:
+        raise ValueError("pos is empty; every query needs at least one positive passage")
+    return EmbeddingExample(parse_text(obj["query"], "query"), passages["pos"], passages["neg"])
+
+
+def parse_generative(obj: Any) -> GenerativeExample:
+    if not isinstance(obj, dict) or "text" not in obj:
+        raise ValueError('expected a JSON object with key "text"')
+    text = obj["text"]
+    if isinstance(text, str):
+        if not text.strip():
+            raise ValueError("text is empty")
+        return GenerativeExample(text)
+    if not isinstance(text, list) or not text:
+        raise ValueError(f"text must be a string or a non-empty list of turns, got {text!r:.80}")
+    if all(isinstance(t, str) for t in text):
+        if len(text) % 2:
+            raise ValueError(f"text has {len(text)} turns; expected user/assistant pairs (an even number)")
+        messages = [{"role": "assistant" if i % 2 else "user", "content": t} for i, t in enumerate(text)]
+    else:
+        try:
+            messages = as_messages(text)
+        except TypeError as e:
+            raise ValueError(f"text must be all strings or all messages: {e}") from None
+    if not any(m["role"] == "assistant" for m in messages):
+        raise ValueError("text has no assistant turn, so nothing to train on")
+    for m in messages:
+        if m["role"] == "assistant":
+            # Stripped as GritLM does: converted targets often carry a leading space or newline from their source
+            # (P3), which would teach the model to start every answer with one.
+            m["content"] = m["content"].strip()
+            if not m["content"]:
+                # It would train only the end-of-turn marker: the model learns to answer with nothing. (The P3 trec
+                # templates in shared/data lost their targets this way; skip_bad_lines drops them.)
+                raise ValueError("an assistant turn is empty")
+    return GenerativeExample(messages)
+
+
+# --- reading files -----------------------------------------------------------------------------------------------
+
+
+def read_jsonl(path: str | Path, parse: Callable[[Any], Any], skip_bad_lines: bool = False) -> Dataset:
+    """Parse every non-blank line of a ``.jsonl`` or ``.jsonl.gz`` file with ``parse``."""
+    path = Path(path)
+    if not path.name.endswith((".jsonl", ".jsonl.gz")):
+        raise ValueError(f"data file {str(path)!r} must be .jsonl or .jsonl.gz")
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {str(path)!r} does not exist")
+    opener = gzip.open if path.name.endswith(".gz") else open
+    examples, bad, first_error = [], 0, None
+    lineno = 0
+    with opener(path, "rb") as f:
+        try:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                    if not line.strip():
+                        continue
+                    examples.append(parse(json.loads(line)))
+                except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+                    error = DataFormatError(path, lineno, str(e))
+                    if not skip_bad_lines:
+                        raise error from None
+                    bad += 1
+                    first_error = first_error or error
+        except (gzip.BadGzipFile, EOFError) as e:
+            raise DataFormatError(path, lineno + 1, f"corrupt gzip data: {e}") from None
+    if bad:
+        log.warning("%s: skipped %d malformed of %d lines; first: %s", path, bad, bad + len(examples), first_error)
+    if not examples:
+        raise DataFormatError(path, None, "holds no valid examples")
+    return Dataset(path, examples, bad)
+
+
+def read_embedding_files(paths: Sequence[str | Path], skip_bad_lines: bool = False) -> list[Dataset]:
+    return [read_jsonl(p, parse_embedding, skip_bad_lines) for p in paths]
+
+
+def read_generative_files(paths: Sequence[str | Path], skip_bad_lines: bool = False) -> list[Dataset]:
+    return [read_jsonl(p, parse_generative, skip_bad_lines) for p in paths]
+
+
+# --- batches -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch from the sampler: ``items`` are (dataset, example index) pairs."""
+
+    epoch: int
+    step: int  # position of this batch within its epoch
+    items: tuple[tuple[int, int], ...]
+
+
+class BatchSampler:
+    """Endless batches of (dataset, index) pairs, reshuffled each epoch from ``seed`` alone.
+
+    ``same_dataset=True``: each batch comes from one data set; each data set's incomplete last batch is dropped (a
+    different remainder each epoch). ``False``: all examples are pooled and shuffled together (generative data).
+    Batches of all data sets are interleaved at random, so a data set is drawn in proportion to its size.
+
+    The plan of an epoch is a pure function of (seed, epoch), so ``state_dict`` is just (epoch, position) and a
+    resumed sampler continues with exactly the batch that would have come next.
+
+    Example:
+        >>> s = BatchSampler([100, 40], batch_size=8, seed=0)
+        >>> first = next(s); state = s.state_dict()
+        >>> t = BatchSampler([100, 40], batch_size=8, seed=0); t.load_state_dict(state)
+        >>> next(t) == next(s)
+        True
+    """
+
+    def __init__(self, sizes: Sequence[int], batch_size: int, seed: int = 0, same_dataset: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not sizes or min(sizes) < 0:
+            raise ValueError(f"sizes must be a non-empty list of data set sizes, got {list(sizes)}")
+        self.sizes, self.batch_size, self.seed, self.same_dataset = list(sizes), batch_size, seed, same_dataset
+        if same_dataset:
+            small = [i for i, n in enumerate(self.sizes) if n < batch_size]
+            if small:
+                log.warning(
+                    "data sets %s have fewer than batch_size=%d examples and are never drawn", small, batch_size
+                )
+        if len(self) == 0:
+            raise ValueError(f"no full batch of {batch_size} can be made from data sets of sizes {self.sizes}")
+        self.epoch, self.position = 0, 0
+        self._plan: list[list[tuple[int, int]]] | None = None
+
+    def __len__(self) -> int:
+        """Batches per epoch (the same for every epoch)."""
+        if self.same_dataset:
+            return sum(n // self.batch_size for n in self.sizes)
+        return sum(self.sizes) // self.batch_size
+
+    def plan(self, epoch: int) -> list[list[tuple[int, int]]]:
+        """All batches of ``epoch``, in order."""
+        rng = random.Random(f"grit-sampler:{self.seed}:{epoch}")  # str seeds are stable across runs and platforms
+        bs = self.batch_size
+        if self.same_dataset:
+            batches = []
+            for d, n in enumerate(self.sizes):
+                order = list(range(n))
+                rng.shuffle(order)
+                batches += [[(d, i) for i in order[s : s + bs]] for s in range(0, n - n % bs, bs)]
+            rng.shuffle(batches)
+            return batches
+        pairs = [(d, i) for d, n in enumerate(self.sizes) for i in range(n)]
+        rng.shuffle(pairs)
+        return [pairs[s : s + bs] for s in range(0, len(pairs) - len(pairs) % bs, bs)]
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+    def __next__(self) -> Batch:
+        if self.position >= len(self):
+            self.epoch, self.position, self._plan = self.epoch + 1, 0, None
+        if self._plan is None:
+            self._plan = self.plan(self.epoch)
+        batch = Batch(self.epoch, self.position, tuple(self._plan[self.position]))
+        self.position += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the sampler stands: the next batch is number ``position`` of ``epoch``."""
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "sizes": list(self.sizes),
+            "same_dataset": self.same_dataset,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state``. The data and settings must match, or the resumed order would differ."""
+        for key in ("seed", "batch_size", "sizes", "same_dataset"):
+            mine = getattr(self, key)
+            if state[key] != mine:
+                raise ValueError(f"sampler state has {key}={state[key]!r} but this sampler has {mine!r}")
+        if not 0 <= state["position"] <= len(self):
+            raise ValueError(f"sampler state position {state['position']} is outside 0..{len(self)}")
+        self.epoch, self.position, self._plan = state["epoch"], state["position"], None
+
+
+# --- turning a batch into examples -------------------------------------------------------------------------------
+
+
+def example_rng(seed: int, epoch: int, dataset: int, index: int) -> random.Random:
+    """The random choices for one example in one epoch: fixed by position, so resuming needs no RNG state."""
+    return random.Random(f"grit-example:{seed}:{epoch}:{dataset}:{index}")
+
+
+def embedding_group(dataset: Dataset, index: int, num_negatives: int, rng: random.Random) -> EmbeddingGroup:
+    """The query of example ``index``, one of its positives at random and ``num_negatives`` hard negatives.
+
+    With enough negatives, a random subset (as GritLM). With too few, all of its own, then random passages (positive
+    or negative) of other examples in the same data set. GritLM repeats the example's own negatives instead (and fails
+    with none); a repeated negative adds no information, only more weight on one passage, while a passage of another
+    query of the same task is a real, if easier, negative. The rare false negative it may bring is the same risk
+    in-batch negatives already take. A data set of one example can only repeat its own negatives.
+    """
+    ex = dataset.examples[index]
+    positive = rng.choice(ex.pos)
+    if len(ex.neg) >= num_negatives:
+        return EmbeddingGroup(ex.query, [positive, *rng.sample(ex.neg, num_negatives)])
+    negatives = rng.sample(ex.neg, len(ex.neg))
+    others = len(dataset) - 1
+    if others == 0:
+        if not ex.neg:
+            raise ValueError(f"{dataset.path}: one example with no negatives cannot give {num_negatives} negatives")
+        negatives = [ex.neg[i % len(ex.neg)] for i in range(num_negatives)]
+    while len(negatives) < num_negatives:
+        j = rng.randrange(others)
+        other = dataset.examples[j if j < index else j + 1]  # any example but this one
+        negatives.append(rng.choice(other.pos + other.neg))
+    return EmbeddingGroup(ex.query, [positive, *negatives])
+
+
+def embedding_groups(datasets: Sequence[Dataset], batch: Batch, num_negatives: int, seed: int) -> list[EmbeddingGroup]:
+    """The groups of one sampler batch, reproducible from (seed, epoch, dataset, index)."""
+    return [
+        embedding_group(datasets[d], i, num_negatives, example_rng(seed, batch.epoch, d, i)) for d, i in batch.items
+    ]
+
+
+def generative_examples(datasets: Sequence[Dataset], batch: Batch) -> list[GenerativeExample]:
+    return [datasets[d].examples[i] for d, i in batch.items]

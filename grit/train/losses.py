@@ -1,0 +1,107 @@
+"""GRIT's two losses: contrastive (InfoNCE) for embedding, next-token cross-entropy for generation.
+
+The training loss is ``contrastive_loss(...) + loss_gen_factor * next_token_loss(...)`` (GritLM, Muennighoff et al.
+2024, eq. 3), each computed on its own batch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE = -100  # label of tokens that carry no loss (cross_entropy's ignore_index)
+
+
+def contrastive_loss(
+    q: Tensor,
+    p: Tensor,
+    temperature: float = 0.02,
+    symmetric: bool = False,
+    *,
+    group_size: int | None = None,
+    offset: int = 0,
+) -> Tensor:
+    """InfoNCE with in-batch and hard negatives; scale = 1 / temperature.
+
+    Args:
+        q: (b, H) query embeddings, L2-normalised (so ``q @ p.T`` is cosine similarity).
+        p: (N*G, H) passage embeddings; rows j*G .. j*G+G-1 belong to query j and the first is its positive, the
+            other G-1 its hard negatives. Every other row is an in-batch negative for query j.
+        temperature: GritLM uses 0.02.
+        symmetric: also score each positive passage against the queries (target: its own query) and return the
+            mean of the two directions. Hard negatives are not anchors in that direction: they have no query.
+        group_size: G. Leave None when ``p`` holds the passages of exactly these queries (G = len(p) // len(q)).
+        offset: index of ``q[0]`` among the N queries ``p`` was built for. Negatives gathered across processes:
+            pass the local queries, the passages of all processes (local ones in place, so their gradient flows)
+            and ``offset = rank * b``. Gather with ``torch.distributed.nn.functional.all_gather`` so the other
+            processes' passages get gradients from these queries too; with plain ``all_gather`` they are
+            constants and this process's queries do not push them (GritLM then gathers the queries as well and
+            computes the full N-query loss on every process, which is also ``offset=0`` with gathered q and p).
+            With ``symmetric``, the passage-to-query direction only sees the queries in ``q``.
+    Returns:
+        Mean cross-entropy over the b queries (scalar).
+    Example:
+        >>> q = F.normalize(torch.randn(4, 8), dim=-1); p = F.normalize(torch.randn(8, 8), dim=-1)  # G = 2
+        >>> contrastive_loss(q, p, temperature=0.05).shape
+        torch.Size([])
+    """
+    b = len(q)
+    if group_size is None:
+        if offset:
+            raise ValueError("pass group_size when offset is set (p then holds the passages of other queries too)")
+        if len(p) % b:
+            raise ValueError(f"{len(p)} passages are not a whole number of groups for {b} queries")
+        group_size = len(p) // b
+    if len(p) % group_size or offset + b > len(p) // group_size:
+        raise ValueError(f"{b} queries at offset {offset} do not fit {len(p)} passages in groups of {group_size}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    q, p = q.float(), p.float()  # bf16 scores / 0.02 lose too many digits for a stable softmax
+    positives = (torch.arange(b, device=q.device) + offset) * group_size  # row of each query's positive
+    scores = q @ p.T / temperature  # (b, H) x (H, N*G) -> (b, N*G)
+    loss = F.cross_entropy(scores, positives)
+    if symmetric:
+        reverse = p[positives] @ q.T / temperature  # (b, H) x (H, b) -> (b, b): positive j vs. every query
+        loss = (loss + F.cross_entropy(reverse, torch.arange(b, device=q.device))) / 2
+    return loss
+
+
+def next_token_loss(logits: Tensor, labels: Tensor, reduction: Literal["mixed", "token"] = "mixed") -> Tensor:
+    """Cross-entropy of each token given the ones before it, over the tokens whose label is not -100.
+
+    Args:
+        logits: (B, T, V) the LM's output for ``input_ids``.
+        labels: (B, T) ``input_ids`` where trained, -100 elsewhere. Not shifted: position t's logits are scored
+            against label t+1 here.
+        reduction: as GritLM's ``NextTokenLoss`` (gritlm/training/model.py):
+            "mixed": mean over all trained tokens of this batch (what transformers' built-in loss does).
+            "token": sum over all trained tokens divided by the number of sequences B.
+    Returns:
+        Scalar loss; 0 (with a gradient path) when no token is trained.
+
+    Why they differ: "mixed" divides by a count that changes from batch to batch, so a token in a batch of short
+    answers weighs more than one in a batch of long answers. Averaged again over gradient-accumulation steps and
+    processes, it weighs neither every sample equally (which favours short outputs, and is unstable with noisy short
+    samples) nor every token equally, but a mix. "token" divides by the constant B, so every token weighs the same
+    in every batch (which favours long outputs); B only keeps the scale comparable to the contrastive loss, which
+    Adam would not notice on its own. GritLM trains with "mixed".
+    """
+    if reduction not in ("mixed", "token"):
+        raise ValueError(f"reduction must be 'mixed' or 'token', got {reduction!r}")
+    if logits.shape[:2] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}")
+    shifted_logits = logits[:, :-1].float()  # (B, T-1, V): bf16 log-softmax over a large vocabulary is inexact
+    shifted_labels = labels[:, 1:]  # (B, T-1): token t+1 is predicted from position t
+    total = F.cross_entropy(
+        shifted_logits.reshape(-1, shifted_logits.shape[-1]),
+        shifted_labels.reshape(-1),
+        ignore_index=IGNORE,
+        reduction="sum",
+    )
+    if reduction == "token":
+        return total / labels.shape[0]
+    count = (shifted_labels != IGNORE).sum()
+    return total / count.clamp(min=1)  # total is 0 (with a gradient path) when count is 0
