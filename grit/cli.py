@@ -29,8 +29,10 @@ DEMO_SENTENCES = [
 ]
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="HF folder or .gguf file (default: SmolLM2-135M-Instruct)")
+def add_model_options(
+    parser: argparse.ArgumentParser, model_help: str = "HF folder or .gguf file (default: SmolLM2-135M-Instruct)"
+) -> None:
+    parser.add_argument("--model", default=None, help=model_help)
     parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
 
@@ -139,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0)
     command("demo", cmd_demo, "embed, compare and answer with one model")
+    # Feature commands live beside their features; imported here so `import grit.cli` stays light for them.
+    from grit.rag.cli import add_index_commands, add_rag_commands
+
+    add_index_commands(sub)
+    add_rag_commands(sub)
     return parser
 
 

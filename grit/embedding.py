@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from grit.attention import hidden_states
+from grit.kvcache import SpanCache, forward_with_cache, split_caches
 from grit.pooling import Pooling, check_pooling, pool
 
 log = logging.getLogger(__name__)
@@ -90,15 +91,20 @@ def embed(
     normalize: bool,
     bidirectional: bool = True,
     show_progress: bool | None = None,
-) -> np.ndarray:
+    with_cache: bool = False,
+) -> np.ndarray | tuple[np.ndarray, list[SpanCache]]:
     """Embeddings (n, H) float32 in input order. Batches hold texts of similar length (longest first, so an
-    out-of-memory error shows at once rather than at the end)."""
+    out-of-memory error shows at once rather than at the end).
+
+    ``with_cache`` also returns each input's key/value states from this same forward pass (for RAG cache reuse).
+    """
     check_pooling(pooling)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     hidden_size = base_model.config.hidden_size
     if not texts:
-        return np.zeros((0, hidden_size), dtype=np.float32)
+        empty = np.zeros((0, hidden_size), dtype=np.float32)
+        return (empty, []) if with_cache else empty
     items = tokenize(tokenizer, texts, prefix, max_length)
     cut = sum(x.truncated for x in items)
     if cut:
@@ -108,15 +114,22 @@ def embed(
     device = next(base_model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = np.empty((len(items), hidden_size), dtype=np.float32)
+    caches: list[SpanCache | None] = [None] * len(items)
+    attention = "bidirectional" if bidirectional else "causal"
     starts = range(0, len(order), batch_size)
     if show_progress is None:
         show_progress = len(starts) > 4
     for start in tqdm(starts, desc="encode", unit="batch", disable=not show_progress):
         rows = order[start : start + batch_size]
         ids, padding, text = pad_batch([items[i] for i in rows], pad_id, device)
-        states = hidden_states(base_model, ids, padding, bidirectional)  # (B, T, H)
+        if with_cache:
+            states, layers = forward_with_cache(base_model, ids, padding, attention)  # (B, T, H)
+            for row, cache in zip(rows, split_caches(ids, padding, layers, attention), strict=True):
+                caches[row] = cache
+        else:
+            states = hidden_states(base_model, ids, padding, bidirectional)  # (B, T, H)
         vectors = pool(states, text, pooling)  # (B, H) float32
         if normalize:
             vectors = torch.nn.functional.normalize(vectors, dim=-1)
         out[rows] = vectors.cpu().numpy()
-    return out
+    return (out, caches) if with_cache else out

@@ -96,7 +96,11 @@ def prompt_ids(tokenizer, prompt: str, max_new_tokens: int, context: int, device
     return ids.to(device)
 
 
-def run_generate(model, tokenizer, ids: torch.Tensor, params: SamplingParams, streamer=None, cancel=None):
+def run_generate(
+    model, tokenizer, ids: torch.Tensor, params: SamplingParams, streamer=None, cancel=None, past_key_values=None
+):
+    """transformers' generate on ``ids`` (1, T). ``past_key_values`` may already hold the states of the first
+    tokens of ``ids`` (RAG cache reuse); generate then runs only the rest through the model."""
     if params.seed is not None:
         torch.manual_seed(params.seed)
     criteria = StoppingCriteriaList([StopOnEvent(cancel)]) if cancel is not None else None
@@ -108,17 +112,23 @@ def run_generate(model, tokenizer, ids: torch.Tensor, params: SamplingParams, st
             tokenizer=tokenizer,  # needed by stop_strings
             stopping_criteria=criteria,
             streamer=streamer,
+            past_key_values=past_key_values,
         )
 
 
-def generate_text(model, tokenizer, ids: torch.Tensor, params: SamplingParams) -> str:
-    out = run_generate(model, tokenizer, ids, params)
+def generate_text(model, tokenizer, ids: torch.Tensor, params: SamplingParams, past_key_values=None) -> str:
+    out = run_generate(model, tokenizer, ids, params, past_key_values=past_key_values)
     text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     return cut_at_stop(text, params.stop)[0]
 
 
 def stream_text(
-    model, tokenizer, ids: torch.Tensor, params: SamplingParams, cancel: threading.Event | None = None
+    model,
+    tokenizer,
+    ids: torch.Tensor,
+    params: SamplingParams,
+    cancel: threading.Event | None = None,
+    past_key_values=None,
 ) -> Iterator[str]:
     """Yield text pieces as they are decoded. Closing the iterator early (or setting ``cancel``) stops generation."""
     cancel = cancel or threading.Event()
@@ -127,7 +137,7 @@ def stream_text(
 
     def work() -> None:
         try:
-            run_generate(model, tokenizer, ids, params, streamer=streamer, cancel=cancel)
+            run_generate(model, tokenizer, ids, params, streamer, cancel, past_key_values)
         except BaseException as e:  # surfaced in the consumer's thread below
             errors.append(e)
             streamer.on_finalized_text("", stream_end=True)

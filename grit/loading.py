@@ -74,22 +74,29 @@ def is_complete(folder: Path) -> bool:
     return (folder / MARKER).is_file() and (folder / "config.json").is_file()
 
 
-def write_folder_atomically(target: Path, fill: Callable[[Path], None]) -> Path:
+def write_folder_atomically(target: Path, fill: Callable[[Path], None], *, replace: bool = True) -> Path:
     """Run ``fill(tmp)`` on a fresh temporary folder beside ``target`` and rename it into place when it returns.
 
-    A crash inside ``fill`` leaves only a ``.tmp-*`` folder, which no loader reads and the next call ignores.
+    A crash inside ``fill`` leaves only a ``.tmp-*`` folder, which no loader reads. When ``target`` already exists,
+    ``replace=True`` swaps it out (the old folder is moved aside before the new one is renamed in, and deleted
+    after, so at every moment ``target`` is either the whole old folder or the whole new one); ``replace=False``
+    keeps it and discards the new folder (another process finished the same work first).
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; a model cache is meant to be readable like any other
     try:
         fill(tmp)
-        if target.exists():  # another process finished first, or a stale incomplete folder from an older grit
-            if is_complete(target):
-                shutil.rmtree(tmp)
-                return target
-            shutil.rmtree(target)
+        if target.exists() and not replace:
+            shutil.rmtree(tmp)
+            return target
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".old-{target.name}-", dir=target.parent))
+            os.replace(target, old / target.name)
         os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -116,7 +123,7 @@ def convert_gguf(gguf: Path) -> Path:
         (tmp / MARKER).write_text(json.dumps(info, indent=2))
         log.info("converted in %.1f s", seconds)
 
-    return write_folder_atomically(target, fill)
+    return write_folder_atomically(target, fill, replace=False)
 
 
 def drop_gguf_quantizer(model: torch.nn.Module, gguf: Path) -> None:

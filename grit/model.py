@@ -24,6 +24,7 @@ from grit import embedding, generation, hardware, loading
 from grit.attention import check_bidirectional
 from grit.formats import Message, PromptFormat, as_messages
 from grit.generation import SamplingParams
+from grit.kvcache import SpanCache
 from grit.pooling import Pooling, check_pooling
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,26 @@ class GritModel:
             show_progress=show_progress,
         )
         return vectors[0] if single else vectors
+
+    def encode_with_cache(
+        self, texts: Sequence[str], instruction: str = "", *, batch_size: int = 8, max_length: int = 512
+    ) -> tuple[np.ndarray, list[SpanCache]]:
+        """``encode`` that also returns each text's key/value states from the same (bidirectional) pass: the
+        cache a RAG answer can reuse instead of running the text through the model again. Unnormalized vectors
+        are never needed here, so they are normalized."""
+        items, _ = embedding.check_texts(list(texts))
+        return embedding.embed(
+            self.lm.base_model,
+            self.tokenizer,
+            items,
+            self.format.embed_prefix(instruction),
+            batch_size=batch_size,
+            max_length=min(max_length, self.context_length),
+            pooling=self.pooling,
+            normalize=True,
+            bidirectional=self.bidirectional,
+            with_cache=True,
+        )
 
     def similarity(self, a: str | Sequence[str], b: str | Sequence[str], instruction: str = "") -> np.ndarray:
         """Cosine similarity matrix (len(a), len(b)); a float for two strings."""

@@ -99,3 +99,14 @@ def test_causal_embedding_ablation(tiny_model_path):
 def test_similarity(tiny_grit):
     assert tiny_grit.similarity("a cat", "a cat") == pytest.approx(1.0, abs=1e-5)
     assert tiny_grit.similarity(["a", "b"], ["c", "d", "e"]).shape == (2, 3)
+
+
+def test_bfloat16_close_to_float32(tiny_model_path, tiny_grit):
+    from grit import GritModel
+
+    bf16 = GritModel.load(tiny_model_path, dtype="bfloat16")
+    assert bf16.dtype == torch.bfloat16
+    a, b = tiny_grit.encode(TEXTS), bf16.encode(TEXTS)
+    assert b.dtype == np.float32
+    cosines = (a * b).sum(1)
+    assert cosines.min() > 0.99, f"bf16 vs fp32 cosines {cosines}"

@@ -59,14 +59,14 @@ def test_gguf_converts_once(tmp_path, monkeypatch):
     monkeypatch.setenv("GRIT_CACHE", str(tmp_path / "cache"))
     calls = []
 
-    def fake_fill(target, fill):  # stands in for the transformers conversion, which needs a real GGUF file
+    def fake_fill(target, fill, **kwargs):  # stands in for the transformers conversion (needs a real GGUF file)
         calls.append(target)
 
         def write(tmp):
             (tmp / "config.json").write_text("{}")
             (tmp / loading.MARKER).write_text("{}")
 
-        return write_atomically(target, write)
+        return write_atomically(target, write, **kwargs)
 
     write_atomically = loading.write_folder_atomically
     monkeypatch.setattr(loading, "write_folder_atomically", fake_fill)
@@ -105,3 +105,17 @@ def test_folder_without_weights_is_one_clear_error(tmp_path, tiny_model_path):
         shutil.copy(tiny_model_path / name, tmp_path / name)
     with pytest.raises(UnsupportedModelError, match=r"cannot load model from '.*': .*model.safetensors"):
         GritModel.load(tmp_path)
+
+
+def test_atomic_write_replaces_or_keeps(tmp_path):
+    target = tmp_path / "out"
+
+    def writer(text):
+        return lambda tmp: (tmp / "f.txt").write_text(text)
+
+    loading.write_folder_atomically(target, writer("one"))
+    loading.write_folder_atomically(target, writer("two"))
+    assert (target / "f.txt").read_text() == "two"
+    loading.write_folder_atomically(target, writer("three"), replace=False)
+    assert (target / "f.txt").read_text() == "two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary or old folders left behind

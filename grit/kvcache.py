@@ -1,0 +1,135 @@
+"""Key/value caches of text spans, reused across the embedding and generation passes of one model.
+
+The point of GRIT for RAG (Muennighoff et al. 2024, section 4): the forward pass that embeds a document (or a
+query) also produces that text's keys and values in every layer. Keep them, and generation over "document +
+question" only has to run the question's tokens through the model.
+
+Two sources of a cache:
+- ``bidirectional`` (GritLM's choice, free): the states of the embedding pass. Generation then attends to keys that
+  were computed with bidirectional attention, which a causal model never produced, so answers can differ from a
+  fresh computation (the paper discusses this; ``bench/rag_latency.py`` and the RAG eval measure it).
+- ``causal``: a separate causal pass. Exact: generation from it equals generation from scratch, but it costs one
+  more forward pass per document at index time.
+
+Several cached spans can be put side by side (top-k > 1 documents; query + document). Each was computed at
+positions 0..n-1, so GritLM's plain concatenation gives overlapping rotary positions. ``join_caches`` instead
+re-rotates each span's keys to where it now sits: RoPE rotates a key at position p by angle p·θ, and rotations
+compose, so rotating a cached key by offset·θ gives exactly the key that position p + offset would have produced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from grit.attention import bidirectional_mask, positions
+
+CacheAttention = Literal["bidirectional", "causal"]
+
+
+@dataclass
+class SpanCache:
+    """Keys and values of one token span in every layer, computed at positions 0..n-1.
+
+    keys[i], values[i]: (kv_heads, n, head_dim) for layer i (no batch dimension: one span).
+    """
+
+    ids: list[int]
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    attention: CacheAttention
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+
+@torch.inference_mode()
+def forward_with_cache(
+    base_model: torch.nn.Module, input_ids: torch.Tensor, padding_mask: torch.Tensor, attention: CacheAttention
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """One forward over a right-padded batch: last hidden states (B, T, H) and per-layer (keys, values), each
+    (B, kv_heads, T, head_dim). Padding keys are masked, so slicing a row to its length gives that text's cache."""
+    mask = bidirectional_mask(padding_mask, base_model.dtype) if attention == "bidirectional" else padding_mask
+    out = base_model(input_ids=input_ids, attention_mask=mask, position_ids=positions(padding_mask), use_cache=True)
+    layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+    return out.last_hidden_state, layers
+
+
+def split_caches(
+    ids: torch.Tensor, padding_mask: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]], attention
+) -> list[SpanCache]:
+    """Per-row SpanCaches of a right-padded batch (copies, so one row's cache does not pin the whole batch)."""
+    out = []
+    for row, n in enumerate(padding_mask.sum(-1).tolist()):
+        keys = [k[row, :, :n].clone() for k, _ in layers]
+        values = [v[row, :, :n].clone() for _, v in layers]
+        out.append(SpanCache(ids[row, :n].tolist(), keys, values, attention))
+    return out
+
+
+def compute_cache(base_model: torch.nn.Module, ids: Sequence[int], attention: CacheAttention) -> SpanCache:
+    device = next(base_model.parameters()).device
+    tensor = torch.tensor([list(ids)], device=device)
+    _, layers = forward_with_cache(base_model, tensor, torch.ones_like(tensor), attention)
+    return split_caches(tensor, torch.ones_like(tensor), layers, attention)[0]
+
+
+def rotary_of(base_model: torch.nn.Module) -> torch.nn.Module:
+    rotary = getattr(base_model, "rotary_emb", None)
+    if rotary is None:
+        arch = getattr(base_model.config, "model_type", "?")
+        raise ValueError(f"{arch} has no rotary position embedding that grit can re-rotate; use one cached span")
+    return rotary
+
+
+def shift_keys(base_model: torch.nn.Module, keys: torch.Tensor, offset: int) -> torch.Tensor:
+    """Keys (kv_heads, n, head_dim) computed at positions 0..n-1 → the keys positions offset..offset+n-1 give.
+
+    Rotation by offset·θ in the model's own RoPE (its inv_freq and scaling), with rotate_half as Llama, Mistral,
+    Qwen2 and Gemma apply it. The attention scaling some RoPE variants fold into cos/sin (YaRN) is divided out:
+    the cached keys carry it once already.
+    """
+    if offset == 0:
+        return keys
+    rotary = rotary_of(base_model)
+    where = torch.tensor([[offset]], device=keys.device)
+    cos, sin = rotary(keys[None].float(), where)  # (1, 1, rot_dim) each
+    scale = float(getattr(rotary, "attention_scaling", 1.0) or 1.0)
+    cos, sin = (cos[0] / scale).float(), (sin[0] / scale).float()  # (1, rot_dim), broadcasts over heads and tokens
+    rot = cos.shape[-1]  # partial rotary: only the first rot_dim channels are rotated
+    k = keys[..., :rot].float()
+    half = rot // 2
+    rotated = torch.cat((-k[..., half:], k[..., :half]), dim=-1)  # rotate_half
+    shifted = k * cos + rotated * sin
+    return torch.cat((shifted.to(keys.dtype), keys[..., rot:]), dim=-1)
+
+
+def join_caches(base_model: torch.nn.Module, spans: Sequence[SpanCache], reposition: bool = True):
+    """Spans side by side as one transformers ``DynamicCache`` (batch 1), plus the ids they stand for.
+
+    ``reposition`` re-rotates each span's keys to its place in the sequence; False reproduces GritLM's plain
+    concatenation (every span at positions from 0), kept to measure what the fix buys.
+    """
+    from transformers import DynamicCache
+
+    if not spans:
+        raise ValueError("no cached spans to join")
+    param = next(base_model.parameters())
+    n_layers = len(spans[0].keys)
+    layers = []
+    for i in range(n_layers):
+        keys, values, offset = [], [], 0
+        for span in spans:
+            k = span.keys[i].to(param.device, param.dtype)  # stored caches may be float16 on the CPU
+            keys.append(shift_keys(base_model, k, offset) if reposition else k)
+            values.append(span.values[i].to(param.device, param.dtype))
+            offset += len(span)
+        layers.append((torch.cat(keys, dim=1)[None], torch.cat(values, dim=1)[None]))  # (1, kv_heads, T, hd)
+    ids = [t for span in spans for t in span.ids]
+    return DynamicCache(layers, config=base_model.config), ids

@@ -1,0 +1,266 @@
+"""Answer questions from an index with the model that built it, reusing cached key/value states.
+
+    >>> rag = RAG(model, Index.load("notes.index", model))
+    >>> result = rag.answer("How do I rotate the API key?", k=1, cache="doc")
+    >>> result.text, [h.doc_id for h in result.hits]
+
+Cache modes (GritLM, Muennighoff et al. 2024, section 4 and its rag/eval.py):
+
+    mode        cached spans (computed when embedding)   generation runs over
+    none        -                                        the whole prompt: documents, question, instruction
+    doc         documents                                question + instruction
+    query       question                                 documents + instruction
+    doc_query   documents, then question                 instruction
+    query_doc   question, then documents                 instruction
+
+A cached span is exactly the text the embedding pass saw: ``<|embed|>\\n{document}`` for a document,
+``<|user|>\\n{query instruction}\\n<|embed|>\\n{question}`` for the question. Document caches are built ahead
+(``RAG.cache_documents``, or on first use) and kept on disk in a ``KVStore``; the question's cache comes from the
+embedding pass that retrieval runs anyway. Spans are joined with their keys re-rotated to their real positions
+(``grit.kvcache.join_caches``), which also makes top-k > 1 documents work.
+
+``cache_source="bidirectional"`` reuses the embedding pass's states as GritLM does (free, approximate: those states
+saw the whole span in both directions); ``"causal"`` computes spans with causal attention (one more pass per span,
+exact: the answer equals a fresh computation of the same token sequence).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+import torch
+
+from grit import generation
+from grit.generation import SamplingParams
+from grit.kvcache import CacheAttention, SpanCache, compute_cache, join_caches
+from grit.model import GritModel
+from grit.rag.kvstore import KVStore
+
+log = logging.getLogger(__name__)
+
+CacheMode = Literal["none", "doc", "query", "doc_query", "query_doc"]
+CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
+
+
+@dataclass(frozen=True)
+class RagFormat:
+    """The user turns around cached spans (GritLM's wording); rendered with the model's chat format."""
+
+    docs_then_question: str = (
+        "{docs}\n\n{question}\n\nAnswer the prior query while optionally using the context prior to it"
+    )
+    after_docs: str = "{question}\n\nAnswer the prior query while optionally using the context prior to it"
+    after_question: str = "{docs}\n\nOptionally using the prior context answer the query prior to it"
+    after_docs_question: str = "Answer the prior query while optionally using the context prior to it"
+    after_question_docs: str = "Optionally using the prior context answer the query prior to it"
+    doc_separator: str = "\n\n"
+    answer_prefix: str = ""  # text the answer starts with (GritLM's QA eval: "The answer is")
+
+
+@dataclass
+class Answer:
+    text: str
+    hits: list  # grit.rag.index.Hit, best first
+    cache: str
+    prompt_tokens: int  # tokens the model saw before answering
+    cached_tokens: int  # of those, how many came from caches instead of a forward pass
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Layout:
+    """What generation runs on: cached spans first, then the ids still to be computed."""
+
+    spans: list[SpanCache]
+    tail: list[int]
+
+    @property
+    def ids(self) -> list[int]:
+        return [t for s in self.spans for t in s.ids] + self.tail
+
+
+class RAG:
+    """Retrieval and answering with one GRIT model.
+
+    Args:
+        model: the GritModel that built ``index``.
+        index: a ``grit.rag.index.Index``.
+        kv_store: where document caches live; default: in memory only (``KVStore`` in a temporary folder is
+            created by ``RAG.for_index_folder`` next to a saved index).
+        cache_source: "bidirectional" (free, GritLM) or "causal" (exact) span caches.
+        reposition: re-rotate joined caches to their positions (False reproduces GritLM's plain concatenation).
+    """
+
+    def __init__(
+        self,
+        model: GritModel,
+        index,
+        kv_store: KVStore | None = None,
+        *,
+        fmt: RagFormat | None = None,
+        cache_source: CacheAttention = "bidirectional",
+        reposition: bool = True,
+    ):
+        if cache_source not in ("bidirectional", "causal"):
+            raise ValueError(f"cache_source must be 'bidirectional' or 'causal', got {cache_source!r}")
+        self.model = model
+        self.index = index
+        self.kv_store = kv_store
+        self.fmt = fmt or RagFormat()
+        self.cache_source = cache_source
+        self.reposition = reposition
+        self._memory: dict[str, SpanCache] = {}  # document caches when there is no store
+        self._lock = threading.Lock()
+
+    # --- spans -------------------------------------------------------------------------------------------------
+
+    def _span_ids(self, text: str, instruction: str, max_length: int) -> list[int]:
+        from grit.embedding import tokenize
+
+        prefix = self.model.format.embed_prefix(instruction)
+        return tokenize(self.model.tokenizer, [text], prefix, max_length)[0].ids
+
+    def _compute_span(self, text: str, instruction: str) -> SpanCache:
+        """A span's cache as the chosen source gives it; the bidirectional one is what ``encode_with_cache``
+        returns, i.e. the index's own embedding pass."""
+        if self.cache_source == "bidirectional":
+            return self.model.encode_with_cache([text], instruction)[1][0]
+        return compute_cache(self.model.lm.base_model, self._span_ids(text, instruction, 512), "causal")
+
+    def document_span(self, hit) -> SpanCache:
+        """The cache of a hit's chunk: from memory, the store, or computed now (and stored)."""
+        key = f"{hit.doc_id}#{hit.number}:{self.cache_source}"
+        with self._lock:
+            span = self.kv_store.get(key) if self.kv_store is not None else self._memory.get(key)
+        if span is None:
+            span = self._compute_span(self.index.document_text(hit), self.index.config.document_instruction)
+            with self._lock:
+                if self.kv_store is not None:
+                    self.kv_store.put(key, span)
+                else:
+                    self._memory[key] = span
+        return span
+
+    def cache_documents(self, hits) -> int:
+        """Build the caches of these chunks ahead of time (the paper's offline step); returns tokens cached."""
+        return sum(len(self.document_span(h)) for h in hits)
+
+    # --- prompt layouts ----------------------------------------------------------------------------------------
+
+    def _chat_ids(self, content: str, after_cache: bool) -> list[int]:
+        """A user turn + assistant opening in the model's chat format. After cached spans it starts with a newline
+        (GritLM's cache formats do) and no special tokens are added (the spans hold them)."""
+        prompt = generation.chat_prompt(
+            self.model.tokenizer, [{"role": "user", "content": content}], self.model.format
+        )
+        prompt = ("\n" if after_cache else "") + prompt + self.fmt.answer_prefix
+        return self.model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def layout(self, question: str, hits, cache: CacheMode, query_span: SpanCache | None) -> Layout:
+        docs = self.fmt.doc_separator.join(self.index.document_text(h) for h in hits)
+        if cache == "none":
+            return Layout([], self._chat_ids(self.fmt.docs_then_question.format(docs=docs, question=question), False))
+        doc_spans = [self.document_span(h) for h in hits] if "doc" in cache else []
+        if cache == "doc":
+            return Layout(doc_spans, self._chat_ids(self.fmt.after_docs.format(question=question), True))
+        if cache == "query":
+            return Layout([query_span], self._chat_ids(self.fmt.after_question.format(docs=docs), True))
+        if cache == "doc_query":
+            return Layout([*doc_spans, query_span], self._chat_ids(self.fmt.after_docs_question, True))
+        return Layout([query_span, *doc_spans], self._chat_ids(self.fmt.after_question_docs, True))
+
+    # --- answering ---------------------------------------------------------------------------------------------
+
+    def retrieve(self, question: str, k: int, cache: CacheMode):
+        """Hits for the question, and the question's cache when the mode uses it (from the same pass)."""
+        instruction = self.index.config.query_instruction
+        if "query" in cache:
+            vectors, spans = self.model.encode_with_cache([question], instruction)
+            if self.cache_source == "causal":
+                spans = [compute_cache(self.model.lm.base_model, spans[0].ids, "causal")]
+            return self.index.search_vectors(vectors[0], k), spans[0]
+        return self.index.search(question, k), None
+
+    def fit_question(self, question: str, max_new_tokens: int) -> str:
+        """The question cut to half of what the context holds next to the answer: the other half is for the
+        documents and the format around them (documents that still do not fit are dropped in ``prepare``)."""
+        ids = self.model.tokenizer(question, add_special_tokens=False)["input_ids"]
+        keep = (self.model.context_length - max_new_tokens) // 2
+        if keep < 1:
+            raise ValueError(
+                f"max_new_tokens={max_new_tokens} leaves no room in the {self.model.context_length}-token context"
+            )
+        if len(ids) <= keep:
+            return question
+        log.warning("the question has %d tokens; cut to %d to leave room for documents and answer", len(ids), keep)
+        return self.model.tokenizer.decode(ids[:keep])
+
+    def prepare(self, question: str, k: int, cache: CacheMode, max_new_tokens: int):
+        if cache not in CACHE_MODES:
+            raise ValueError(f"unknown cache mode {cache!r}; expected one of {', '.join(CACHE_MODES)}")
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("the question is empty")
+        if self.index.num_chunks == 0:
+            raise ValueError("the index holds no documents; add some with `grit index add`")
+        question = self.fit_question(question, max_new_tokens)
+        seconds = {}
+        start = time.perf_counter()
+        hits, query_span = self.retrieve(question, k, cache)
+        seconds["retrieve"] = time.perf_counter() - start
+        start = time.perf_counter()
+        layout = self.layout(question, hits, cache, query_span)
+        while len(layout.ids) + max_new_tokens > self.model.context_length and len(hits) > 1:
+            log.warning("prompt exceeds the %d-token context; dropping document %r", self.model.context_length,
+                        hits[-1].doc_id)  # fmt: skip
+            hits = hits[:-1]
+            layout = self.layout(question, hits, cache, query_span)
+        if len(layout.ids) + max_new_tokens > self.model.context_length:
+            raise ValueError(
+                f"question and document take {len(layout.ids)} tokens; with max_new_tokens={max_new_tokens} that "
+                f"exceeds the model's context of {self.model.context_length} tokens"
+            )
+        seconds["prepare"] = time.perf_counter() - start
+        return hits, layout, seconds
+
+    def _generate_args(self, layout: Layout):
+        ids = torch.tensor([layout.ids], device=self.model.device)
+        if not layout.spans:
+            return ids, None
+        cache, _ = join_caches(self.model.lm.base_model, layout.spans, self.reposition)
+        return ids, cache
+
+    def answer(
+        self,
+        question: str,
+        k: int = 1,
+        cache: CacheMode = "none",
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop=None,
+        seed: int | None = None,
+    ) -> Answer:
+        """Retrieve ``k`` chunks and answer from them. Returns the text, the hits with scores, and timings."""
+        params = SamplingParams(max_new_tokens, temperature, top_p, stop or [], seed)
+        hits, layout, seconds = self.prepare(question, k, cache, max_new_tokens)
+        ids, past = self._generate_args(layout)
+        start = time.perf_counter()
+        text = generation.generate_text(self.model.lm, self.model.tokenizer, ids, params, past_key_values=past)
+        seconds["generate"] = time.perf_counter() - start
+        cached = sum(len(s) for s in layout.spans)
+        return Answer(text, hits, cache, len(layout.ids), cached, seconds)
+
+    def stream(
+        self, question: str, k: int = 1, cache: CacheMode = "none", *, max_new_tokens: int = 64, **sampling
+    ) -> tuple[list, Iterator[str]]:
+        """The hits, and an iterator of answer pieces."""
+        params = SamplingParams(max_new_tokens, **sampling)
+        hits, layout, _ = self.prepare(question, k, cache, max_new_tokens)
+        ids, past = self._generate_args(layout)
+        return hits, generation.stream_text(self.model.lm, self.model.tokenizer, ids, params, past_key_values=past)
