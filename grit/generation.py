@@ -29,6 +29,7 @@ class SamplingParams:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    min_new_tokens: int = 0  # the end token is suppressed until then (fixed-length runs for latency benchmarks)
 
     def __post_init__(self) -> None:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -37,6 +38,8 @@ class SamplingParams:
         self.stop = [s for s in stops if s]
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -73,6 +76,7 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
 def generation_config(model, params: SamplingParams, tokenizer) -> GenerationConfig:
     config = GenerationConfig.from_dict(model.generation_config.to_dict())
     config.max_new_tokens = params.max_new_tokens
+    config.min_new_tokens = params.min_new_tokens or None
     config.do_sample = params.temperature > 0
     # Greedy must not carry sampling settings (transformers warns about them), sampling gets exactly ours.
     config.temperature = params.temperature if config.do_sample else None

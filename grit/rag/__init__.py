@@ -8,6 +8,7 @@ index.py      Index: add, delete, search, save, load
 cli.py        `grit index build | add | delete | search`
 """
 
+from grit.rag.answer import CACHE_MODES, RAG, Answer, RagFormat
 from grit.rag.chunking import Chunk, ChunkConfig, chunk_documents
 from grit.rag.documents import Document, DocumentError, load_documents
 from grit.rag.index import DEFAULT_QUERY_INSTRUCTION, Hit, Index, IndexConfig
@@ -15,6 +16,10 @@ from grit.rag.manifest import IndexFormatError, ModelMismatchError, model_id
 from grit.rag.store import StoreConfig
 
 __all__ = [
+    "CACHE_MODES",
+    "RAG",
+    "Answer",
+    "RagFormat",
     "DEFAULT_QUERY_INSTRUCTION",
     "Chunk",
     "ChunkConfig",

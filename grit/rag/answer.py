@@ -128,9 +128,10 @@ class RAG:
     def _compute_span(self, text: str, instruction: str) -> SpanCache:
         """A span's cache as the chosen source gives it; the bidirectional one is what ``encode_with_cache``
         returns, i.e. the index's own embedding pass."""
+        limit = self.model.context_length
         if self.cache_source == "bidirectional":
-            return self.model.encode_with_cache([text], instruction)[1][0]
-        return compute_cache(self.model.lm.base_model, self._span_ids(text, instruction, 512), "causal")
+            return self.model.encode_with_cache([text], instruction, max_length=limit)[1][0]
+        return compute_cache(self.model.lm.base_model, self._span_ids(text, instruction, limit), "causal")
 
     def document_span(self, hit) -> SpanCache:
         """The cache of a hit's chunk: from memory, the store, or computed now (and stored)."""
@@ -178,13 +179,13 @@ class RAG:
 
     def retrieve(self, question: str, k: int, cache: CacheMode):
         """Hits for the question, and the question's cache when the mode uses it (from the same pass)."""
-        instruction = self.index.config.query_instruction
-        if "query" in cache:
-            vectors, spans = self.model.encode_with_cache([question], instruction)
-            if self.cache_source == "causal":
-                spans = [compute_cache(self.model.lm.base_model, spans[0].ids, "causal")]
-            return self.index.search_vectors(vectors[0], k), spans[0]
-        return self.index.search(question, k), None
+        instruction, limit = self.index.config.query_instruction, self.model.context_length
+        if "query" not in cache:  # the whole question is embedded in every mode, so timings compare fairly
+            return self.index.search_vectors(self.model.encode(question, instruction, max_length=limit), k), None
+        vectors, spans = self.model.encode_with_cache([question], instruction, max_length=limit)
+        if self.cache_source == "causal":
+            spans = [compute_cache(self.model.lm.base_model, spans[0].ids, "causal")]
+        return self.index.search_vectors(vectors[0], k), spans[0]
 
     def fit_question(self, question: str, max_new_tokens: int) -> str:
         """The question cut to half of what the context holds next to the answer: the other half is for the
@@ -245,9 +246,10 @@ class RAG:
         top_p: float = 1.0,
         stop=None,
         seed: int | None = None,
+        min_new_tokens: int = 0,
     ) -> Answer:
         """Retrieve ``k`` chunks and answer from them. Returns the text, the hits with scores, and timings."""
-        params = SamplingParams(max_new_tokens, temperature, top_p, stop or [], seed)
+        params = SamplingParams(max_new_tokens, temperature, top_p, stop or [], seed, min_new_tokens)
         hits, layout, seconds = self.prepare(question, k, cache, max_new_tokens)
         ids, past = self._generate_args(layout)
         start = time.perf_counter()

@@ -59,6 +59,7 @@ class IndexConfig:
     query_instruction: str = DEFAULT_QUERY_INSTRUCTION
     document_instruction: str = ""  # GritLM embeds documents without an instruction
     title_in_embedding: bool = True  # embed "title text", as GritLM and BEIR do; the hit text stays the bare chunk
+    max_length: int | None = None  # tokens per embedded chunk, passed to encode (None: the encoder's default, 512)
 
 
 @dataclass(frozen=True)
@@ -262,7 +263,8 @@ class Index:
     def _encode(self, texts: list[str], instruction: str) -> np.ndarray:
         if self.encoder is None:
             raise ValueError("this index was loaded without an encoder; pass the model to Index.load to add or search")
-        vectors = np.array(self.encoder.encode(texts, instruction=instruction), dtype=np.float32, ndmin=2)  # (n, d)
+        limit = {} if self.config.max_length is None else {"max_length": self.config.max_length}
+        vectors = np.array(self.encoder.encode(texts, instruction=instruction, **limit), dtype=np.float32, ndmin=2)
         if vectors.shape[0] != len(texts):
             raise ValueError(f"the encoder returned {vectors.shape[0]} vectors for {len(texts)} texts")
         if self.store.dim is not None and vectors.shape[1] != self.store.dim:
@@ -318,6 +320,7 @@ class Index:
             query_instruction=m["instructions"]["query"],
             document_instruction=m["instructions"]["document"],
             title_in_embedding=m["title_in_embedding"],
+            max_length=m.get("max_length"),
         )
         index = cls(encoder, config, tokenizer=tokenizer)
         if encoder is None:  # else keep the encoder's identity: same model, but its path may have moved
