@@ -111,8 +111,9 @@ def main() -> None:
             print(f"doc {d:5d}  query {q:5d}  {cells}", flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    header = (f"Model {model.path.name}, {str(model.dtype).removeprefix('torch.')}, {torch.get_num_threads()} threads; "
-              f"median of {args.repeats}; {args.new_tokens} new tokens; cells: seconds (ratio to `none`).")  # fmt: skip
+    dtype = str(model.dtype).removeprefix("torch.")
+    header = (f"Model {model.path.name}, {dtype}, {torch.get_num_threads()} threads; median of {args.repeats}; "
+              f"{args.new_tokens} new tokens; cells: seconds (ratio to `none`).")  # fmt: skip
     lines = [header, "", "| doc tokens | query tokens | " + " | ".join(modes) + " |", "|---" * (len(modes) + 2) + "|"]
     for r in rows:
         cells = " | ".join(f"{r['seconds'][m]:.2f} ({r['seconds'][m] / r['seconds']['none']:.2f}x)" for m in modes)

@@ -133,3 +133,34 @@ def join_caches(base_model: torch.nn.Module, spans: Sequence[SpanCache], reposit
         layers.append((torch.cat(keys, dim=1)[None], torch.cat(values, dim=1)[None]))  # (1, kv_heads, T, hd)
     ids = [t for span in spans for t in span.ids]
     return DynamicCache(layers, config=base_model.config), ids
+
+
+@torch.inference_mode()
+def reference_logits(lm: torch.nn.Module, blocks: Sequence[Sequence[int]], suffix: Sequence[int]) -> torch.Tensor:
+    """What independently cached causal spans stand for, computed fresh: one forward over blocks + suffix in which
+    each block attends only to itself (causally) and the suffix attends to everything before it. Returns the
+    suffix's logits (len(suffix), vocab). The yardstick for ``join_caches`` (tests and bench/rag_rope.py)."""
+    ids = [t for b in blocks for t in b] + list(suffix)
+    n, start = len(ids), 0
+    allowed = torch.zeros(n, n, dtype=torch.bool)
+    for b in blocks:
+        allowed[start : start + len(b), start : start + len(b)] = True
+        start += len(b)
+    allowed[start:, :] = True
+    allowed &= torch.tril(torch.ones(n, n, dtype=torch.bool))
+    device, dtype = next(lm.parameters()).device, lm.dtype
+    mask = torch.zeros(1, 1, n, n, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min).to(device)
+    out = lm(input_ids=torch.tensor([ids], device=device), attention_mask=mask,
+             position_ids=torch.arange(n, device=device)[None])  # fmt: skip
+    return out.logits[0, start:]
+
+
+@torch.inference_mode()
+def logits_on_cache(lm: torch.nn.Module, spans: Sequence[SpanCache], suffix: Sequence[int], reposition: bool = True):
+    """Logits of ``suffix`` run on top of the joined cached spans (len(suffix), vocab)."""
+    cache, prefix = join_caches(lm.base_model, spans, reposition)
+    device = next(lm.parameters()).device
+    start = len(prefix)
+    out = lm(input_ids=torch.tensor([list(suffix)], device=device), past_key_values=cache, use_cache=True,
+             position_ids=torch.arange(start, start + len(suffix), device=device)[None])  # fmt: skip
+    return out.logits[0]

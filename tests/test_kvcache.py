@@ -3,51 +3,17 @@
 import pytest
 import torch
 
-from grit.kvcache import SpanCache, compute_cache, join_caches, shift_keys
-
-MIN = torch.finfo(torch.float32).min
+from grit.kvcache import SpanCache, compute_cache, join_caches, logits_on_cache, reference_logits, shift_keys
 
 
 def ids_of(grit, text):
     return grit.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def logits_after(grit, spans, suffix, reposition=True):
-    """Logits of ``suffix`` run on top of the joined cached spans."""
-    cache, prefix = join_caches(grit.lm.base_model, spans, reposition)
-    start = len(prefix)
-    with torch.no_grad():
-        out = grit.lm(
-            input_ids=torch.tensor([suffix]),
-            past_key_values=cache,
-            position_ids=torch.arange(start, start + len(suffix))[None],
-            use_cache=True,
-        )
-    return out.logits[0]
-
-
-def fresh_logits(grit, blocks, suffix):
-    """A fresh forward over blocks + suffix where each block sees only itself (causally) and the suffix sees all:
-    what independently cached blocks stand for."""
-    ids = [t for b in blocks for t in b] + suffix
-    n = len(ids)
-    allowed = torch.zeros(n, n, dtype=torch.bool)
-    start = 0
-    for b in blocks:
-        allowed[start : start + len(b), start : start + len(b)] = True
-        start += len(b)
-    allowed[start:, :] = True
-    allowed &= torch.tril(torch.ones(n, n, dtype=torch.bool))
-    mask = torch.zeros(1, 1, n, n).masked_fill(~allowed, MIN)
-    with torch.no_grad():
-        out = grit.lm(input_ids=torch.tensor([ids]), attention_mask=mask, position_ids=torch.arange(n)[None])
-    return out.logits[0, start:]
-
-
 def test_causal_doc_cache_gives_the_same_logits_as_no_cache(tiny_grit):
     doc = ids_of(tiny_grit, "<|embed|>\nThe json module exposes an API familiar to users of marshal.")
     question = ids_of(tiny_grit, "\nWhat does json expose?\nThe answer is")
-    cached = logits_after(tiny_grit, [compute_cache(tiny_grit.lm.base_model, doc, "causal")], question)
+    cached = logits_on_cache(tiny_grit.lm, [compute_cache(tiny_grit.lm.base_model, doc, "causal")], question)
     with torch.no_grad():
         fresh = tiny_grit.lm(input_ids=torch.tensor([doc + question])).logits[0, len(doc) :]
     diff = (cached - fresh).abs().max().item()
@@ -86,9 +52,9 @@ def test_multi_document_cache_with_rope_shift_matches_fresh_computation(tiny_gri
     ]
     question = ids_of(tiny_grit, "\nWhich module logs events?\nThe answer is")
     spans = [compute_cache(base, d, "causal") for d in docs]
-    fresh = fresh_logits(tiny_grit, docs, question)
-    fixed = (logits_after(tiny_grit, spans, question) - fresh).abs().max().item()
-    gritlm = (logits_after(tiny_grit, spans, question, reposition=False) - fresh).abs().max().item()
+    fresh = reference_logits(tiny_grit.lm, docs, question)
+    fixed = (logits_on_cache(tiny_grit.lm, spans, question) - fresh).abs().max().item()
+    gritlm = (logits_on_cache(tiny_grit.lm, spans, question, reposition=False) - fresh).abs().max().item()
     assert fixed < 1e-4, f"RoPE-shifted cache: max logit difference {fixed}"
     assert gritlm > 100 * fixed, f"plain concatenation should be far off: {gritlm} vs {fixed}"
 
