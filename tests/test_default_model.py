@@ -32,3 +32,17 @@ def test_embeds_with_the_right_shape(default_model):
     vectors = default_model.encode(["A man plays a guitar.", "Someone plays an instrument."], instruction="Find")
     assert vectors.shape == (2, 576) and np.isfinite(vectors).all()
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_rag_answers_from_a_planted_document(default_model):
+    from grit.rag import RAG, Document, Index
+
+    docs = [
+        Document("bread", "Sourdough bread rises because wild yeast ferments the dough overnight.", ""),
+        Document("zorblat", "The capital of the island nation of Zorblat is the port city of Westport.", ""),
+        Document("volcano", "Volcanoes erupt when magma rises through cracks in the crust.", ""),
+    ]
+    rag = RAG(default_model, Index.build(docs, default_model))
+    result = rag.answer("What is the capital of Zorblat?", k=1, cache="doc", max_new_tokens=32)
+    assert result.hits[0].doc_id == "zorblat" and result.cached_tokens > 0
+    assert "Westport" in result.text

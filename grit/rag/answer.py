@@ -21,7 +21,10 @@ embedding pass that retrieval runs anyway. Spans are joined with their keys re-r
 
 ``cache_source="bidirectional"`` reuses the embedding pass's states as GritLM does (free, approximate: those states
 saw the whole span in both directions); ``"causal"`` computes spans with causal attention (one more pass per span,
-exact: the answer equals a fresh computation of the same token sequence).
+at index time for documents; exact: the answer equals a fresh computation of the same token sequence). Causal is
+the default because a model not trained with GRIT cannot read bidirectional states: on SmolLM2-135M-Instruct,
+"How many parameters does SmolLM2-135M-Instruct have?" over a retrieved document gives "... has 135 million
+parameters." from a causal doc cache and repeats "The answer to the prior question is:" from a bidirectional one.
 """
 
 from __future__ import annotations
@@ -92,7 +95,8 @@ class RAG:
         index: a ``grit.rag.index.Index``.
         kv_store: where document caches live; default: in memory only (``KVStore`` in a temporary folder is
             created by ``RAG.for_index_folder`` next to a saved index).
-        cache_source: "bidirectional" (free, GritLM) or "causal" (exact) span caches.
+        cache_source: "causal" (exact; the default) or "bidirectional" (free, GritLM: needs a GRIT-trained model;
+            on the untrained default model it derails generation, see the module docstring).
         reposition: re-rotate joined caches to their positions (False reproduces GritLM's plain concatenation).
     """
 
@@ -103,7 +107,7 @@ class RAG:
         kv_store: KVStore | None = None,
         *,
         fmt: RagFormat | None = None,
-        cache_source: CacheAttention = "bidirectional",
+        cache_source: CacheAttention = "causal",
         reposition: bool = True,
     ):
         if cache_source not in ("bidirectional", "causal"):

@@ -166,15 +166,15 @@ def add_rag_commands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("question")
     p.add_argument("-k", type=int, default=1, help="documents (chunks) to answer from")
     p.add_argument("--cache", choices=CACHE_MODES, default="doc", help="which spans come from KV caches")
-    p.add_argument("--cache-source", choices=sources, default="bidirectional",
-                   help="bidirectional: the embedding pass's states (free, GritLM); causal: exact")  # fmt: skip
+    source_help = "causal: exact; bidirectional: the embedding pass's states (free, needs a GRIT-trained model)"
+    p.add_argument("--cache-source", choices=sources, default="causal", help=source_help)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--show-hits", action="store_true", help="print the retrieved chunks first")
     add_model_options(p, "default: the index's model")
     p.set_defaults(handler=cmd_ask)
     p = sub.add_parser("cache", help="compute the KV cache of every chunk ahead of questions")
     p.add_argument("index", type=Path)
-    p.add_argument("--cache-source", choices=sources, default="bidirectional")
+    p.add_argument("--cache-source", choices=sources, default="causal")
     add_model_options(p, "default: the index's model")
     p.set_defaults(handler=cmd_cache)
     return parser

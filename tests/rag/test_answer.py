@@ -26,7 +26,9 @@ def index(tiny_grit):
 
 @pytest.mark.parametrize("mode", CACHE_MODES)
 def test_every_mode_answers(tiny_grit, index, mode):
-    result = RAG(tiny_grit, index).answer("Which module logs events?", k=2, cache=mode, max_new_tokens=4)
+    result = RAG(tiny_grit, index, cache_source="bidirectional").answer(
+        "Which module logs events?", k=2, cache=mode, max_new_tokens=4
+    )
     assert isinstance(result.text, str) and len(result.hits) == 2 and result.cache == mode
     assert (result.cached_tokens > 0) == (mode != "none")
     assert result.prompt_tokens > result.cached_tokens
@@ -98,7 +100,7 @@ def test_cli_cache_then_ask(tiny_grit, index, tmp_path, capsys):
     folder = index.save(tmp_path / "idx")
     assert main(["rag", "cache", str(folder)]) == 0
     assert "MB per 1,000 tokens" in capsys.readouterr().out
-    assert len(list((folder / "kv-bidirectional").glob("*.safetensors"))) == index.num_chunks
+    assert len(list((folder / "kv-causal").glob("*.safetensors"))) == index.num_chunks
     code = main(["rag", "ask", str(folder), "What does json expose?", "--max-new-tokens", "3", "--show-hits"])
     out = capsys.readouterr().out
     assert code == 0 and "rank" in out and "score" in out
