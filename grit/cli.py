@@ -167,10 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0)
     command("demo", cmd_demo, "embed, compare and answer with one model")
     # Feature commands live beside their features; imported here so `import grit.cli` stays light for them.
+    from grit.eval.cli import add_eval_command
     from grit.rag.cli import add_index_commands, add_rag_commands
 
     add_index_commands(sub)
     add_rag_commands(sub)
+    add_eval_command(sub)
     return parser
 
 

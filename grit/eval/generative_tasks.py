@@ -1,0 +1,233 @@
+"""Generative tasks: perplexity on assistant turns, reading-comprehension QA, and instruction following.
+
+    PerplexityTask   exp(mean NLL) of the assistant tokens (answer + end token) given the chat prompt
+    ReadingQATask    greedy answer to question + gold passage in one fixed prompt; SQuAD exact match and token F1
+    InstructionTask  greedy answer to the user turn, judged against the reference by token F1 and ROUGE-L
+
+Decoding is greedy (temperature 0), so every run gives the same text. A prompt that does not fit in the model's
+context with ``max_new_tokens`` is left out, counted and warned about; it is never cut silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from grit import generation
+from grit.eval import data, metrics
+from grit.eval.cache import EmbeddingCache
+from grit.eval.encoders import Generator
+from grit.eval.tasks import Scores, check_limit, min_limit
+from grit.formats import as_messages
+
+log = logging.getLogger(__name__)
+
+QA_PROMPT = (
+    "Answer the question using the passage. Reply with the answer only: the shortest span of the passage that "
+    "answers it.\n\n{title}Passage: {passage}\n\nQuestion: {question}"
+)
+
+
+def chat_ids(model: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of the generation prompt for ``messages``, exactly as ``model.generate`` builds it."""
+    prompt = generation.chat_prompt(model.tokenizer, as_messages(messages), model.format)
+    return model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+def fits(model: Any, prompt: str | list[dict[str, str]], max_new_tokens: int) -> bool:
+    """Whether ``model.generate(prompt)`` fits in the context; True for a model without a tokenizer to ask."""
+    if not (hasattr(model, "tokenizer") and hasattr(model, "format") and hasattr(model, "context_length")):
+        return True
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    return len(chat_ids(model, messages)) + max_new_tokens <= model.context_length
+
+
+def generate_all(model: Any, prompts: list[Any], max_new_tokens: int, desc: str) -> list[str | None]:
+    """Greedy answers in order; None where the prompt does not fit (counted in one warning)."""
+    out: list[str | None] = []
+    for prompt in tqdm(prompts, desc=desc, unit="prompt"):
+        if fits(model, prompt, max_new_tokens):
+            out.append(model.generate(prompt, max_new_tokens=max_new_tokens, temperature=0.0))
+        else:
+            out.append(None)
+    if skipped := sum(x is None for x in out):
+        log.warning(
+            "%s: %d of %d prompts do not fit the context with max_new_tokens=%d and were left out",
+            desc,
+            skipped,
+            len(prompts),
+            max_new_tokens,
+        )
+    return out
+
+
+@dataclass
+class PerplexityTask:
+    """Perplexity of the assistant turns of held conversations: exp(total NLL / total assistant tokens).
+
+    Each assistant turn is scored given everything before it, rendered by the model's chat format; its targets are
+    the answer's tokens plus the end-of-turn token (so stopping on time counts). Padding is on the right and masked.
+    """
+
+    name: str
+    path: Path
+    limit: int | None = None  # conversations
+    batch_size: int = 4  # the (B, T, vocab) logits dominate memory: 4 x 512 x 49k floats is ~400 MB
+
+    def __post_init__(self) -> None:
+        check_limit(self.limit)
+
+    def supports(self, model: Any) -> bool:
+        return all(hasattr(model, a) for a in ("lm", "tokenizer", "format", "context_length"))
+
+    def limited(self, n: int | None) -> PerplexityTask:
+        return dataclasses.replace(self, limit=min_limit(self.limit, n))
+
+    def examples(self, model: Any) -> tuple[list[tuple[list[int], list[int]]], dict[str, int]]:
+        """(prompt ids, target ids) for each non-empty assistant turn, and counts of the turns left out (empty) or
+        cut (an over-long turn loses its oldest prompt tokens; the answer is kept). Both are warned about."""
+        end = model.lm.generation_config.eos_token_id
+        end = end[0] if isinstance(end, list) else end
+        end = model.tokenizer.eos_token_id if end is None else end
+        out, cut, empty = [], 0, 0
+        for conv in data.sample(data.read_generative(self.path), self.limit):
+            for turn in range(1, len(conv.turns), 2):
+                if not conv.turns[turn].strip():  # an empty answer says nothing about the text
+                    empty += 1
+                    continue
+                prompt = chat_ids(model, conv.messages(upto=turn))
+                target = model.tokenizer(conv.turns[turn], add_special_tokens=False)["input_ids"] + [end]
+                overflow = len(prompt) + len(target) - model.context_length
+                if overflow > 0:
+                    cut += 1
+                    prompt = prompt[min(overflow, len(prompt)) :]
+                    target = target[: model.context_length]
+                out.append((prompt, target))
+        if empty:
+            log.warning("%s: %d empty assistant turns were left out", self.name, empty)
+        if cut:
+            log.warning(
+                "%s: %d of %d turns were longer than the context (%d tokens); their oldest prompt tokens were dropped",
+                self.name,
+                cut,
+                len(out),
+                model.context_length,
+            )
+        return out, {"empty_turns": empty, "cut_to_context": cut}
+
+    @torch.inference_mode()
+    def evaluate(self, model: Any, cache: EmbeddingCache | None = None) -> Scores:
+        examples, counts = self.examples(model)
+        pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+        order = sorted(range(len(examples)), key=lambda i: -sum(map(len, examples[i])))  # similar lengths together
+        total_nll, total_tokens = 0.0, 0
+        for start in tqdm(range(0, len(order), self.batch_size), desc=self.name, unit="batch"):
+            batch = [examples[i] for i in order[start : start + self.batch_size]]
+            width = max(len(p) + len(t) for p, t in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            labels = torch.full((len(batch), width), -100, dtype=torch.long)  # -100: not scored
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, (p, t) in enumerate(batch):
+                ids[row, : len(p) + len(t)] = torch.tensor(p + t)
+                labels[row, len(p) : len(p) + len(t)] = torch.tensor(t)
+                mask[row, : len(p) + len(t)] = 1
+            device = model.device
+            logits = model.lm(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+            # Token t is predicted from position t - 1: (B, T-1, V) against (B, T-1).
+            batch_nll = torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten().to(device), reduction="sum"
+            )
+            total_nll += float(batch_nll)
+            total_tokens += int((labels[:, 1:] != -100).sum())
+        nll = total_nll / total_tokens if total_tokens else float("nan")
+        values = {"perplexity": math.exp(nll), "nll_per_token": nll}
+        return Scores(values, len(examples), skipped=counts["empty_turns"], details={"tokens": total_tokens, **counts})
+
+
+@dataclass
+class ReadingQATask:
+    """Extractive QA with the gold passage in the prompt (no retrieval): SQuAD exact match and token F1, the best
+    over the gold answers. The RAG tasks (retrieve, then answer from cached documents) build on the same data."""
+
+    name: str
+    path: Path
+    limit: int | None = None  # questions
+    max_new_tokens: int = 32
+    prompt: str = QA_PROMPT
+
+    def __post_init__(self) -> None:
+        check_limit(self.limit)
+
+    def supports(self, model: Any) -> bool:
+        return isinstance(model, Generator)
+
+    def limited(self, n: int | None) -> ReadingQATask:
+        return dataclasses.replace(self, limit=min_limit(self.limit, n))
+
+    def format(self, ex: data.QaExample) -> str:
+        title = f"Title: {ex.title}\n" if ex.title else ""
+        return self.prompt.format(title=title, passage=ex.passage, question=ex.question)
+
+    def evaluate(self, model: Any, cache: EmbeddingCache | None = None) -> Scores:
+        rows = data.sample(data.read_rag(self.path), self.limit)
+        answers = generate_all(model, [self.format(r) for r in rows], self.max_new_tokens, self.name)
+        scored = [(first_line(a), r.answers) for a, r in zip(answers, rows, strict=True) if a is not None]
+        em = [metrics.exact_match(a, gold) for a, gold in scored]
+        f1 = [metrics.token_f1(a, gold) for a, gold in scored]
+        values = {"exact_match": mean(em), "f1": mean(f1)}
+        return Scores(values, len(scored), skipped=len(rows) - len(scored))
+
+
+@dataclass
+class InstructionTask:
+    """Follow the instruction in each user turn; the answer is judged by overlap with the reference answer
+    (SQuAD token F1 and ROUGE-L F1, both by hand in ``metrics``). Cheap and deterministic, no judge model: it
+    rewards answers in the reference's words and misses paraphrases, so read it as a trend, not a grade."""
+
+    name: str
+    path: Path
+    limit: int | None = None  # conversations (the last user turn of each is answered)
+    max_new_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        check_limit(self.limit)
+
+    def supports(self, model: Any) -> bool:
+        return isinstance(model, Generator)
+
+    def limited(self, n: int | None) -> InstructionTask:
+        return dataclasses.replace(self, limit=min_limit(self.limit, n))
+
+    def evaluate(self, model: Any, cache: EmbeddingCache | None = None) -> Scores:
+        rows = data.sample(data.read_generative(self.path), self.limit)
+        empty = [r for r in rows if not r.turns[-1].strip()]
+        if empty:
+            log.warning("%s: %d of %d references are empty and were left out", self.name, len(empty), len(rows))
+        rows = [r for r in rows if r.turns[-1].strip()]
+        prompts = [r.messages(upto=len(r.turns) - 1) for r in rows]
+        answers = generate_all(model, prompts, self.max_new_tokens, self.name)
+        scored = [(a.strip(), r.turns[-1]) for a, r in zip(answers, rows, strict=True) if a is not None]
+        values = {
+            "token_f1": mean([metrics.token_f1(a, ref) for a, ref in scored]),
+            "rouge_l": mean([metrics.rouge_l(a, ref) for a, ref in scored]),
+            "exact_match": mean([metrics.exact_match(a, ref) for a, ref in scored]),
+        }
+        return Scores(values, len(scored), skipped=len(rows) - len(scored) + len(empty))
+
+
+def first_line(text: str) -> str:
+    """The first non-blank line: the answer proper, without any explanation a chat model adds after it."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def mean(values: list[float]) -> float:
+    """Mean, NaN for no values (every prompt was too long): a missing score must not read as 0."""
+    return float(np.mean(values)) if values else float("nan")

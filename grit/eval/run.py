@@ -1,0 +1,215 @@
+"""Run tasks on a model (and baselines), write ``results.json`` and ``results.md``; the suites ``quick`` and ``full``.
+
+Example:
+    >>> from grit import GritModel
+    >>> from grit.eval.run import build_suite, default_baselines, run
+    >>> results = run(GritModel.load(), build_suite("quick"), "runs/eval/quick", baselines=default_baselines())
+    >>> print(open("runs/eval/quick/results.md").read())
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grit
+from grit.eval import instructions
+from grit.eval.cache import EmbeddingCache
+from grit.eval.embedding_tasks import ClassificationTask, RetrievalTask, STSTask
+from grit.eval.encoders import BM25Retriever, fingerprint, load_minilm, model_name
+from grit.eval.generative_tasks import InstructionTask, PerplexityTask, ReadingQATask
+from grit.eval.tasks import Task, describe
+
+log = logging.getLogger(__name__)
+
+
+# --- suites -----------------------------------------------------------------------------------------------------
+
+
+def default_data_dir() -> Path:
+    """$GRIT_DATA, else ``shared/data`` beside the working directory or beside the grit checkout."""
+    if env := os.environ.get("GRIT_DATA"):
+        return Path(env).expanduser()
+    candidates = [
+        Path.cwd().parent / "shared" / "data",
+        Path.cwd() / "shared" / "data",
+        Path(grit.__file__).resolve().parents[2] / "shared" / "data",
+    ]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+def all_tasks(data: Path) -> list[Task]:
+    """The ``full`` suite: every task on the shared data sets at full size (hours for a 135M model on 2 CPU cores,
+    minutes on a GPU). Sizes follow MTEB where the task is an MTEB one."""
+    retrieval, classification = data / "retrieval", data / "classification"
+    return [
+        STSTask("stsb", data / "sts" / "stsb-test.jsonl", instructions.GRITLM_E5["STSBenchmark"]),
+        RetrievalTask("cranfield", retrieval / "cranfield", instructions.CRANFIELD),
+        RetrievalTask("msmarco-dl19-5k", retrieval / "msmarco-dl19-5k", instructions.GRITLM_E5["MSMARCO"]),
+        ClassificationTask(
+            "banking77",
+            classification / "banking77" / "train.jsonl",
+            classification / "banking77" / "test.jsonl",
+            instructions.GRITLM_E5["Banking77Classification"],
+        ),
+        ClassificationTask(  # 8 rows per label is too few for a 2-label task; MTEB's sentiment tasks use 32
+            "sst2",
+            classification / "sst2" / "train.jsonl",
+            classification / "sst2" / "test.jsonl",
+            instructions.SST2,
+            samples_per_label=32,
+        ),
+        # gsm8k and the P3 mix are training sets: 500 seeded rows each, held out only if training leaves them out.
+        PerplexityTask("gsm8k-ppl", data / "generative" / "gsm8k_train.jsonl", limit=500),
+        ReadingQATask("adversarialqa", data / "rag" / "adversarialqa.jsonl"),
+        InstructionTask("p3-instructions", data / "generative" / "p3_t0_mix.jsonl.gz", limit=500),
+        *rag_tasks(data),
+    ]
+
+
+# Sized for ~5 minutes for SmolLM2-135M on 2 idle CPU cores (about 150 tokens/s embedded, 10 tokens/s generated).
+QUICK: dict[str, dict[str, int]] = {
+    "stsb": {"limit": 100},
+    "cranfield": {"limit": 10, "corpus_limit": 150},  # ~80 judged abstracts + unjudged ones, ~200 tokens each
+    "msmarco-dl19-5k": {"limit": 3, "corpus_limit": 300},  # ~80 judged passages per query
+    "banking77": {"limit": 100, "samples_per_label": 2, "n_experiments": 1},
+    "sst2": {"limit": 100, "samples_per_label": 32, "n_experiments": 1},
+    "gsm8k-ppl": {"limit": 20},
+    "adversarialqa": {"limit": 10},
+    "p3-instructions": {"limit": 10},
+}
+
+
+def quick_tasks(data: Path) -> list[Task]:
+    """The ``quick`` suite: every task on small seeded samples (``QUICK``); a task not listed there gets 20."""
+    return [dataclasses.replace(t, **QUICK[t.name]) if t.name in QUICK else t.limited(20) for t in all_tasks(data)]
+
+
+def rag_tasks(data: Path) -> list[Task]:
+    """HOOK for the RAG-with-cache tasks (retrieve passages, then answer reusing their cached KV states), which
+    grit's RAG module will provide. Return them here, built on ``data`` at full size, and both suites run them
+    (``quick`` cuts them to 20 examples unless ``QUICK`` names them). Until then there are none. They need
+    only the ``Task`` protocol of ``grit.eval.tasks``; ``ReadingQATask`` is the no-retrieval reference point."""
+    return []
+
+
+SUITES: dict[str, Callable[[Path], list[Task]]] = {"quick": quick_tasks, "full": all_tasks}
+
+
+def build_suite(name: str, data: Path | None = None, limit: int | None = None) -> list[Task]:
+    """The tasks of suite ``name`` on ``data`` (default: ``default_data_dir()``), each cut to ``limit`` examples."""
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)}")
+    data = Path(data) if data is not None else default_data_dir()
+    if not data.is_dir():
+        raise FileNotFoundError(f"data folder {data} does not exist; pass --data or set $GRIT_DATA")
+    return [task.limited(limit) for task in SUITES[name](data)]
+
+
+def default_baselines() -> list[Any]:
+    """all-MiniLM-L6-v2 (embedding tasks) and BM25 (retrieval): the peers every table is read against."""
+    return [load_minilm(), BM25Retriever()]
+
+
+# --- running ----------------------------------------------------------------------------------------------------
+
+
+def run(
+    model: Any,
+    tasks: Sequence[Task],
+    out_dir: str | os.PathLike,
+    *,
+    baselines: Sequence[Any] = (),
+    use_cache: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``model`` and each baseline on every task it supports; write and return the results.
+
+    Args:
+        model: A GritModel, or anything meeting a protocol of ``grit.eval.encoders``.
+        tasks: Tasks from ``build_suite`` or built by hand.
+        out_dir: Gets ``results.json`` (everything, with task settings) and ``results.md`` (the table).
+        baselines: More models run on the same tasks in the same run, e.g. ``default_baselines()``.
+        use_cache: Read and write corpus embeddings under ``$GRIT_CACHE/embeddings``.
+    Returns:
+        ``{"created", "grit_version", "host", "models", "tasks", "rows", "details", "skipped"}``; each row has
+        model, task, metric, value (None for NaN), n (examples scored) and seconds (the whole task, this model).
+    """
+    out = Path(out_dir)
+    rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    details: dict[str, dict[str, Any]] = {}
+    for m in [model, *baselines]:
+        name = model_name(m)
+        identity = fingerprint(m) if use_cache else None
+        cache = EmbeddingCache(identity) if identity else None
+        for task in tasks:
+            if not task.supports(m):
+                continue
+            log.info("%s on %s", name, task.name)
+            start = time.perf_counter()
+            try:
+                scores = task.evaluate(m, cache)
+            except FileNotFoundError as e:  # a data set that is not on this machine: say so, run the rest
+                log.warning("skipping %s: %s", task.name, e)
+                skipped.append({"model": name, "task": task.name, "reason": str(e)})
+                continue
+            seconds = time.perf_counter() - start
+            for metric, value in scores.metrics.items():
+                rows.append(
+                    {
+                        "model": name,
+                        "task": task.name,
+                        "metric": metric,
+                        "value": finite(value),
+                        "n": scores.n,
+                        "seconds": round(seconds, 2),
+                    }
+                )
+            details[f"{name}/{task.name}"] = {"skipped_examples": scores.skipped, **scores.details}
+            log.info("%s %s: %s (%.1f s)", name, task.name, scores.metrics, seconds)
+    results = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "grit_version": grit.__version__,
+        "host": platform.node(),
+        "models": [model_name(m) for m in [model, *baselines]],
+        "tasks": [describe(t) for t in tasks],
+        "rows": rows,
+        "details": details,
+        "skipped": skipped,
+    }
+    write_results(results, out)
+    return results
+
+
+def finite(value: float) -> float | None:
+    """NaN and infinities become None (JSON null): strict JSON has no NaN."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """One row per (model, task, metric), grouped by task so a model reads next to its baselines."""
+    lines = ["| model | task | metric | value | n | seconds |", "|---|---|---|---:|---:|---:|"]
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    for r in sorted(rows, key=lambda r: tasks.index(r["task"])):
+        value = "n/a" if r["value"] is None else f"{r['value']:.4f}"
+        lines.append(f"| {r['model']} | {r['task']} | {r['metric']} | {value} | {r['n']} | {r['seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(results: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
+    skipped = "".join(f"- {s['model']} / {s['task']} skipped: {s['reason']}\n" for s in results["skipped"])
+    title = f"# grit eval: {', '.join(results['models'])}\n\n{results['created']}, grit {results['grit_version']}\n\n"
+    (out / "results.md").write_text(title + markdown_table(results["rows"]) + (f"\n{skipped}" if skipped else ""))
+    log.info("wrote %s and %s", out / "results.json", out / "results.md")
