@@ -76,8 +76,8 @@ class DataConfig:
 
     embedding_files: list[str] = opt([], 'Contrastive files, {"query", "pos": [...], "neg": [...]} per line.')
     generative_files: list[str] = opt([], 'Generative files, {"text": [user, assistant, ...]} per line.')
-    embedding_batch_size: int = opt(32, "Queries per contrastive batch; all drawn from one file (in-batch negatives).")
-    generative_batch_size: int = opt(4, "Conversations per generative batch.")
+    embedding_batch_size: int = opt(32, "Queries per batch over all processes, from one file (in-batch negatives).")
+    generative_batch_size: int = opt(4, "Conversations per generative batch over all processes.")
     num_hard_negatives: int = opt(1, "Hard negatives per query (GritLM train_group_size - 1).")
     query_max_length: int = opt(256, "Tokens per query, instruction and format included; longer ones are cut.")
     passage_max_length: int = opt(512, "Tokens per passage, instruction and format included; longer ones are cut.")
@@ -106,7 +106,7 @@ class TrainConfig:
     mode: Literal["embedding", "generative", "unified"] = opt("unified", "Which losses to train.")
     output_dir: str = opt("runs/grit", "Checkpoints, logs and train_config.json go here.")
     seed: int = opt(0, "Seed for data order, negative sampling and initialisation.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt("auto", "Weights dtype; auto as grit.hardware.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt("auto", "Compute dtype; auto as grit.hardware.")
     data: DataConfig = opt(DataConfig, "Data files, batch sizes and lengths.")
     lora: LoraConfig = opt(LoraConfig, "LoRA adapters.")
     # --- embedding ---
@@ -134,6 +134,8 @@ class TrainConfig:
     log_every: int = opt(10, "Log losses every this many steps; 0 = never.")
     eval_every: int = opt(0, "Evaluate every this many steps; 0 = never.")
     save_every: int = opt(500, "Save a checkpoint every this many steps; 0 = only at the end.")
+    keep_checkpoints: int = opt(2, "How many of the newest checkpoints to keep in output_dir; 0 keeps all.")
+    resume: bool = opt(True, "Continue from the newest checkpoint in output_dir when there is one.")
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -150,7 +152,7 @@ class TrainConfig:
         check(self.max_steps >= 0, f"max_steps must be >= 0, got {self.max_steps}")
         check(self.max_steps > 0 or self.epochs > 0, f"epochs must be > 0 when max_steps is 0, got {self.epochs}")
         check(self.gradient_accumulation >= 1, f"gradient_accumulation must be >= 1, got {self.gradient_accumulation}")
-        for name in ("log_every", "eval_every", "save_every"):
+        for name in ("log_every", "eval_every", "save_every", "keep_checkpoints"):
             check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         self.check_gradcache()
 

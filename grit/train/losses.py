@@ -69,7 +69,12 @@ def contrastive_loss(
     return loss
 
 
-def next_token_loss(logits: Tensor, labels: Tensor, reduction: Literal["mixed", "token"] = "mixed") -> Tensor:
+def trained_tokens(labels: Tensor) -> Tensor:
+    """How many tokens of (B, T) ``labels`` carry loss: the predicted ones (1..T-1) whose label is not -100."""
+    return (labels[:, 1:] != IGNORE).sum()
+
+
+def next_token_loss(logits: Tensor, labels: Tensor, reduction: Literal["mixed", "token", "sum"] = "mixed") -> Tensor:
     """Cross-entropy of each token given the ones before it, over the tokens whose label is not -100.
 
     Args:
@@ -79,18 +84,21 @@ def next_token_loss(logits: Tensor, labels: Tensor, reduction: Literal["mixed", 
         reduction: as GritLM's ``NextTokenLoss`` (gritlm/training/model.py):
             "mixed": mean over all trained tokens of this batch (what transformers' built-in loss does).
             "token": sum over all trained tokens divided by the number of sequences B.
+            "sum": the sum over all trained tokens, for a caller that divides by counts of a larger batch (the
+            trainer divides by the tokens or sequences of the whole batch over all processes).
     Returns:
         Scalar loss; 0 (with a gradient path) when no token is trained.
 
     Why they differ: "mixed" divides by a count that changes from batch to batch, so a token in a batch of short
-    answers weighs more than one in a batch of long answers. Averaged again over gradient-accumulation steps and
-    processes, it weighs neither every sample equally (which favours short outputs, and is unstable with noisy short
-    samples) nor every token equally, but a mix. "token" divides by the constant B, so every token weighs the same
-    in every batch (which favours long outputs); B only keeps the scale comparable to the contrastive loss, which
-    Adam would not notice on its own. GritLM trains with "mixed".
+    answers weighs more than one in a batch of long answers. Averaged again over gradient-accumulation steps (and
+    in GritLM over processes; grit's trainer counts the tokens of all processes), it weighs neither every sample
+    equally (which favours short outputs, and is unstable with noisy short samples) nor every token equally, but a
+    mix. "token" divides by the constant B, so every token weighs the same in every batch (which favours long
+    outputs); B only keeps the scale comparable to the contrastive loss, which Adam would not notice on its own.
+    GritLM trains with "mixed".
     """
-    if reduction not in ("mixed", "token"):
-        raise ValueError(f"reduction must be 'mixed' or 'token', got {reduction!r}")
+    if reduction not in ("mixed", "token", "sum"):
+        raise ValueError(f"reduction must be 'mixed', 'token' or 'sum', got {reduction!r}")
     if logits.shape[:2] != labels.shape:
         raise ValueError(f"logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}")
     shifted_logits = logits[:, :-1].float()  # (B, T-1, V): bf16 log-softmax over a large vocabulary is inexact
@@ -101,7 +109,8 @@ def next_token_loss(logits: Tensor, labels: Tensor, reduction: Literal["mixed", 
         ignore_index=IGNORE,
         reduction="sum",
     )
+    if reduction == "sum":
+        return total
     if reduction == "token":
         return total / labels.shape[0]
-    count = (shifted_labels != IGNORE).sum()
-    return total / count.clamp(min=1)  # total is 0 (with a gradient path) when count is 0
+    return total / trained_tokens(labels).clamp(min=1)  # total is 0 (with a gradient path) when no token is trained

@@ -1,0 +1,133 @@
+"""What a run trains and how: the model (all weights, or LoRA adapters through peft), AdamW, the LR schedule.
+
+Full fine-tuning keeps float32 weights and runs the forward passes under autocast when the compute dtype (``dtype``,
+"auto" as grit.hardware: bfloat16 on GPUs, float32 on CPUs without native bf16) is lower: Adam's small updates are
+lost in bf16 weights. LoRA loads the frozen base in the compute dtype and peft keeps the adapters in float32.
+
+LoRA layers are injected into ``model.lm`` in place, so the training forward passes call ``lm.base_model`` and ``lm``
+as ``GritModel`` does; the ``PeftModel`` wrapper is kept only to save the adapter and to merge it at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from grit.hardware import resolve_dtype
+from grit.model import GritModel
+
+from .config import LoraConfig, TrainConfig
+from .distributed import Dist, broadcast_params
+
+log = logging.getLogger(__name__)
+
+ADAPTER = "adapter"  # folder of a LoRA adapter, inside a checkpoint and inside output_dir
+
+
+@dataclass
+class Trainee:
+    """The model being trained and the parts needed to save it."""
+
+    model: GritModel
+    peft: torch.nn.Module | None  # the PeftModel around model.lm (LoRA), else None
+    compute_dtype: torch.dtype
+
+    @property
+    def lm(self) -> torch.nn.Module:
+        return self.model.lm
+
+    def named_params(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """The parameters the optimizer updates, in a fixed order (optimizer state is saved by position)."""
+        return [(n, p) for n, p in self.lm.named_parameters() if p.requires_grad]
+
+    def save_weights(self, folder: Path) -> None:
+        """Into a checkpoint: a model folder GritModel.load opens (full), or the adapter alone (LoRA)."""
+        if self.peft is not None:
+            self.peft.save_pretrained(folder / ADAPTER)
+        else:
+            self.lm.save_pretrained(folder)
+            self.model.tokenizer.save_pretrained(folder)
+
+    def merged(self) -> torch.nn.Module:
+        """The causal LM with the adapters added into its weights (LoRA; after this the adapters are gone), or the
+        trained LM itself, in the compute dtype."""
+        lm = self.peft.merge_and_unload() if self.peft is not None else self.lm
+        return lm.to(self.compute_dtype)
+
+
+def add_lora(lm: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
+    """Wrap ``lm`` with fresh LoRA adapters (A random, B zero: the model starts unchanged); the rest is frozen."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    config = PeftLoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(lm, config)
+
+
+def load_adapter_weights(peft_model: torch.nn.Module, folder: Path) -> None:
+    """Put the adapter weights saved in ``folder`` into ``peft_model`` (which has adapters of the same shape)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = load_file(folder / "adapter_model.safetensors", device=str(next(peft_model.parameters()).device))
+    result = set_peft_model_state_dict(peft_model, state)
+    if result.unexpected_keys:
+        raise ValueError(f"{folder}: adapter weights do not fit the model: {result.unexpected_keys[:3]}")
+
+
+def build_model(cfg: TrainConfig, d: Dist, checkpoint: Path | None = None) -> Trainee:
+    """Load ``cfg.model`` (or, for a full fine-tune, the checkpoint's weights) in training mode, equal on every
+    process."""
+    compute = resolve_dtype(cfg.dtype, d.device)
+    options = {"device": d.device, "pooling": cfg.pooling, "bidirectional": cfg.attention == "bidirectional"}
+    if cfg.lora.enabled:
+        model = GritModel.load(cfg.model, dtype=compute, **options)
+        peft_model = add_lora(model.lm, cfg.lora)
+        if checkpoint is not None:
+            load_adapter_weights(peft_model, checkpoint / ADAPTER)
+    else:
+        model = GritModel.load(checkpoint or cfg.model, dtype=torch.float32, **options)
+        peft_model = None
+    model.lm.train()
+    trainee = Trainee(model, peft_model, compute)
+    params = [p for _, p in trainee.named_params()]
+    broadcast_params(params, d)
+    total = sum(p.numel() for p in model.lm.parameters())
+    trained = sum(p.numel() for p in params)
+    log.info("training %.1fM of %.1fM parameters (%s), compute dtype %s", trained / 1e6, total / 1e6,
+             "LoRA" if peft_model is not None else "full", str(compute).removeprefix("torch."))  # fmt: skip
+    return trainee
+
+
+def build_optimizer(trainee: Trainee, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (biases and norm scales are not decayed, as in transformers)."""
+    named = trainee.named_params()
+    groups = [
+        {"params": [p for _, p in named if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
+    return cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total_steps)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
+    """Linear warm-up to ``cfg.lr``, then linear or cosine decay to 0, or constant."""
+    from transformers import get_scheduler
+
+    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.scheduler]
+    return get_scheduler(
+        name, optimizer, num_warmup_steps=warmup_steps(cfg, total_steps), num_training_steps=total_steps
+    )

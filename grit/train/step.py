@@ -1,0 +1,124 @@
+"""One micro-batch of GRIT training: forward passes, losses and backward passes.
+
+    unified loss = contrastive_loss(embedding batch) + loss_gen_factor * next_token_loss(generative batch)
+
+(GritLM, Muennighoff et al. 2024, eq. 3), each on its own batch. The two parts are backpropagated one after the
+other, so the embedding activations are freed before the generative forward; the gradients add up to those of the
+sum, and the trainer takes one optimizer step for both.
+
+Embedding: ``hidden_states`` of ``lm.base_model`` with bidirectional (or causal) attention, pooled over the text
+tokens (instruction and padding left out) and L2-normalised: the same path as ``GritModel.encode``. Generation: the
+causal LM's logits, scored by ``next_token_loss`` on the assistant tokens.
+
+Across processes (grit/train/distributed.py) each process backpropagates a loss whose gradient, averaged over the
+processes, is the gradient of the loss of the whole global batch:
+
+- contrastive: queries and passages of all processes are gathered, and every process computes the same loss;
+- next-token: this process's summed token losses, divided by a count over all processes (trained tokens for
+  ``loss_gen_type="mixed"``, sequences for ``"token"``) and multiplied by the world size. So "mixed" is the mean
+  over every trained token of the global micro-batch, whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from grit.attention import hidden_states
+from grit.pooling import Pooling, pool
+
+from .collate import EmbeddingBatch, GenerativeBatch
+from .config import TrainConfig
+from .distributed import Dist, all_sum, gather
+from .gradcache import gradcache_backward
+from .losses import contrastive_loss, next_token_loss, trained_tokens
+
+
+@dataclass
+class MicroLosses:
+    """What one micro-batch gave on this process. Averaged over processes, ``emb`` and ``gen`` are the losses of
+    the global micro-batch (``emb`` is the same on every process)."""
+
+    emb: float | None
+    gen: float | None
+    tokens: int  # real (non-pad) tokens of this process's inputs
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Mixed precision for the forward passes when the compute dtype is not float32 (weights stay float32)."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def embed(base_model: torch.nn.Module, ids: Tensor, padding: Tensor, text: Tensor, pooling: Pooling,
+          bidirectional: bool) -> Tensor:  # fmt: skip
+    """(n, T) inputs → (n, H) normalised float32 embeddings, as ``GritModel.encode`` computes them."""
+    states = hidden_states(base_model, ids, padding, bidirectional)  # (n, T, H)
+    return F.normalize(pool(states, text, pooling), dim=-1)  # (n, H)
+
+
+def contrastive(q: Tensor, p: Tensor, group_size: int, cfg: TrainConfig, d: Dist) -> Tensor:
+    """The global batch's InfoNCE from this process's (b, H) queries and (b*G, H) passages."""
+    return contrastive_loss(gather(q, d), gather(p, d), cfg.temperature, cfg.symmetric, group_size=group_size)
+
+
+def generative(lm: torch.nn.Module, batch: GenerativeBatch, cfg: TrainConfig, d: Dist) -> Tensor:
+    """Next-token loss of this process's share of the global batch, times the world size (see module doc)."""
+    logits = lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits  # (B, T, V)
+    total = next_token_loss(logits, batch.labels, "sum")
+    if cfg.loss_gen_type == "mixed":
+        count = all_sum(trained_tokens(batch.labels).float(), d).clamp(min=1)
+    else:
+        count = len(batch.labels) * d.world
+    return total * d.world / count
+
+
+def micro_step(
+    lm: torch.nn.Module,
+    emb: EmbeddingBatch | None,
+    gen: GenerativeBatch | None,
+    cfg: TrainConfig,
+    d: Dist,
+    *,
+    scale: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+) -> MicroLosses:
+    """Forward and backward of one micro-batch: adds the gradient of ``scale * loss`` to the parameters' ``.grad``.
+
+    ``emb`` and ``gen`` are this process's shards (on the model's device); either may be None (one-loss modes).
+    ``scale`` is 1 / gradient_accumulation.
+    """
+    device = next(lm.parameters()).device
+    loss_emb = loss_gen = None
+    tokens = 0
+    if emb is not None:
+        tokens += int(emb.query_padding.sum() + emb.passage_padding.sum())
+
+        def encode(ids: Tensor, padding: Tensor, text: Tensor) -> Tensor:
+            with autocast(device, dtype):
+                return embed(lm.base_model, ids, padding, text, cfg.pooling, cfg.attention == "bidirectional")
+
+        def loss_fn(q: Tensor, p: Tensor) -> Tensor:
+            return contrastive(q, p, emb.group_size, cfg, d)
+
+        queries = (emb.query_ids, emb.query_padding, emb.query_text)
+        passages = (emb.passage_ids, emb.passage_padding, emb.passage_text)
+        if cfg.gradcache_chunk_size:
+            loss = gradcache_backward(encode, [queries, passages], loss_fn, cfg.gradcache_chunk_size, scale)
+        else:
+            loss = loss_fn(encode(*queries), encode(*passages))
+            (loss * scale).backward()
+        loss_emb = loss.item()
+    if gen is not None:
+        tokens += int(gen.attention_mask.sum())
+        with autocast(device, dtype):
+            loss = generative(lm, gen, cfg, d)
+        factor = cfg.loss_gen_factor if cfg.mode == "unified" else 1.0
+        (loss * (factor * scale)).backward()
+        loss_gen = loss.item()
+    return MicroLosses(loss_emb, loss_gen, tokens)

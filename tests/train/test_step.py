@@ -1,0 +1,63 @@
+"""One micro-step: the losses it reports and the gradients it leaves are those of GRIT's summed loss."""
+
+import pytest
+import torch
+
+from grit import GritModel
+from grit.formats import PromptFormat
+from grit.train.collate import collate_embedding, collate_generative
+from grit.train.config import DataConfig, TrainConfig
+from grit.train.data import EmbeddingGroup, parse_embedding, parse_generative
+from grit.train.distributed import Dist
+from grit.train.losses import contrastive_loss, next_token_loss, trained_tokens
+from grit.train.step import embed, generative, micro_step
+
+from .trainutil import EMBEDDING_ROWS, GENERATIVE_ROWS
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_path):
+    return GritModel.load(tiny_model_path, dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def batches(model):
+    examples = [parse_embedding(row) for row in EMBEDDING_ROWS[:4]]
+    groups = [EmbeddingGroup(ex.query, [ex.pos[0], ex.neg[0]]) for ex in examples]
+    emb = collate_embedding(model.tokenizer, groups, PromptFormat(), 64, 64)
+    gen = collate_generative(model.tokenizer, [parse_generative(r) for r in GENERATIVE_ROWS[:4]], PromptFormat(), 96)
+    return emb, gen
+
+
+def config(**options) -> TrainConfig:
+    return TrainConfig(data=DataConfig(["e.jsonl"], ["g.jsonl"], embedding_batch_size=4), **options)
+
+
+@pytest.mark.parametrize("kind", ["mixed", "token"])
+def test_generative_loss_alone_is_next_token_loss(model, batches, kind):
+    _, gen = batches
+    with torch.no_grad():
+        logits = model.lm(input_ids=gen.input_ids, attention_mask=gen.attention_mask).logits
+        got = generative(model.lm, gen, config(loss_gen_type=kind), Dist())
+    assert got.item() == pytest.approx(next_token_loss(logits, gen.labels, kind).item(), rel=1e-6)
+    total = next_token_loss(logits, gen.labels, "sum")
+    assert total.item() == pytest.approx(next_token_loss(logits, gen.labels).item() * trained_tokens(gen.labels))
+
+
+def test_unified_micro_step_is_the_gradient_of_the_weighted_sum(model, batches):
+    emb, gen = batches
+    lm = model.lm
+    cfg = config(loss_gen_factor=0.5, temperature=0.05)
+    m = micro_step(lm, emb, gen, cfg, Dist(), scale=0.25)
+    got = {n: p.grad.clone() for n, p in lm.named_parameters()}
+    lm.zero_grad(set_to_none=True)
+    q = embed(lm.base_model, emb.query_ids, emb.query_padding, emb.query_text, "mean", True)
+    p = embed(lm.base_model, emb.passage_ids, emb.passage_padding, emb.passage_text, "mean", True)
+    logits = lm(input_ids=gen.input_ids, attention_mask=gen.attention_mask).logits
+    loss_emb, loss_gen = contrastive_loss(q, p, 0.05), next_token_loss(logits, gen.labels)
+    (0.25 * (loss_emb + 0.5 * loss_gen)).backward()
+    assert m.emb == pytest.approx(loss_emb.item(), rel=1e-6) and m.gen == pytest.approx(loss_gen.item(), rel=1e-6)
+    assert m.tokens == int(emb.query_padding.sum() + emb.passage_padding.sum() + gen.attention_mask.sum())
+    for name, param in lm.named_parameters():
+        torch.testing.assert_close(got[name], param.grad, rtol=1e-5, atol=1e-7, msg=lambda msg, n=name: f"{n}: {msg}")
+    lm.zero_grad(set_to_none=True)
