@@ -125,9 +125,21 @@ class GritModel:
             (2, 576)
         """
         items, single = embedding.check_texts(texts)
+        vectors = self._embed(items, instruction, batch_size, max_length, pooling, normalize, show_progress)
+        return vectors[0] if single else vectors
+
+    def encode_with_cache(
+        self, texts: Sequence[str], instruction: str = "", *, batch_size: int = 8, max_length: int = 512
+    ) -> tuple[np.ndarray, list[SpanCache]]:
+        """``encode`` (normalized) that also returns each text's key/value states from the same pass: the cache a
+        RAG answer can reuse instead of running the text through the model again."""
+        items, _ = embedding.check_texts(list(texts))
+        return self._embed(items, instruction, batch_size, max_length, None, True, None, with_cache=True)
+
+    def _embed(self, items, instruction, batch_size, max_length, pooling, normalize, show_progress, with_cache=False):
         if not isinstance(instruction, str):
             raise TypeError(f"instruction must be a string, got {type(instruction).__name__}")
-        vectors = embedding.embed(
+        return embedding.embed(
             self.lm.base_model,
             self.tokenizer,
             items,
@@ -138,27 +150,7 @@ class GritModel:
             normalize=normalize,
             bidirectional=self.bidirectional,
             show_progress=show_progress,
-        )
-        return vectors[0] if single else vectors
-
-    def encode_with_cache(
-        self, texts: Sequence[str], instruction: str = "", *, batch_size: int = 8, max_length: int = 512
-    ) -> tuple[np.ndarray, list[SpanCache]]:
-        """``encode`` that also returns each text's key/value states from the same (bidirectional) pass: the
-        cache a RAG answer can reuse instead of running the text through the model again. Unnormalized vectors
-        are never needed here, so they are normalized."""
-        items, _ = embedding.check_texts(list(texts))
-        return embedding.embed(
-            self.lm.base_model,
-            self.tokenizer,
-            items,
-            self.format.embed_prefix(instruction),
-            batch_size=batch_size,
-            max_length=min(max_length, self.context_length),
-            pooling=self.pooling,
-            normalize=True,
-            bidirectional=self.bidirectional,
-            with_cache=True,
+            with_cache=with_cache,
         )
 
     def similarity(self, a: str | Sequence[str], b: str | Sequence[str], instruction: str = "") -> np.ndarray:
