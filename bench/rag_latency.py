@@ -45,13 +45,15 @@ def real_text(model: GritModel, file: str, field: str, tokens: int) -> str:
     raise SystemExit(f"not enough text in {path} for {tokens} tokens")
 
 
-def measure(model, doc_tokens: int, query_tokens: int, modes, repeats: int, new_tokens: int) -> dict[str, float]:
+def measure(
+    model, doc_tokens: int, query_tokens: int, modes, repeats: int, new_tokens: int, source: str
+) -> dict[str, float]:
     doc = Document("doc", real_text(model, "corpus.jsonl", "text", doc_tokens), "")
     question = real_text(model, "queries.jsonl", "text", query_tokens)
     config = IndexConfig(chunking=ChunkConfig(chunk_tokens=doc_tokens + 16, overlap_tokens=0),
                          max_length=model.context_length)  # fmt: skip
     index = Index.build([doc], model, config)
-    rag = RAG(model, index)
+    rag = RAG(model, index, cache_source=source)
     rag.cache_documents(index.all_chunks())  # offline, not timed
 
     def run(mode: str) -> float:
@@ -74,13 +76,13 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    queries = sorted({r["query_tokens"] for r in rows})
-    fig, axes = plt.subplots(1, len(queries), figsize=(5 * len(queries), 4), squeeze=False)
-    for ax, q in zip(axes[0], queries, strict=True):
-        sub = [r for r in rows if r["query_tokens"] == q]
+    panels = sorted({(r.get("cache_source", "causal"), r["query_tokens"]) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (source, q) in zip(axes[0], panels, strict=True):
+        sub = [r for r in rows if r["query_tokens"] == q and r.get("cache_source", "causal") == source]
         for mode in sub[0]["seconds"]:
             ax.plot([r["doc_tokens"] for r in sub], [r["seconds"][mode] for r in sub], marker="o", label=mode)
-        ax.set(title=f"question of {q} tokens", xlabel="document tokens", ylabel="seconds (median)")
+        ax.set(title=f"{q}-token question, {source} caches", xlabel="document tokens", ylabel="seconds (median)")
         ax.grid(alpha=0.3)
     axes[0][0].legend()
     fig.suptitle("RAG latency by cache mode (16 new tokens)")
@@ -97,6 +99,9 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=list(CACHE_MODES), choices=CACHE_MODES)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--cache-source", choices=["causal", "bidirectional"], default="causal",
+                        help="causal: exact caches, but a cached question costs one more (causal) pass over it; "
+                        "bidirectional: the embedding pass's own states, free, as in the paper")  # fmt: skip
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     modes = ["none", *[m for m in args.modes if m != "none"]]
@@ -105,21 +110,32 @@ def main() -> None:
     rows = []
     for q in args.query_tokens:
         for d in args.doc_tokens:
-            seconds = measure(model, d, q, modes, args.repeats, args.new_tokens)
-            rows.append({"doc_tokens": d, "query_tokens": q, "seconds": seconds})
+            seconds = measure(model, d, q, modes, args.repeats, args.new_tokens, args.cache_source)
+            rows.append({"doc_tokens": d, "query_tokens": q, "cache_source": args.cache_source,
+                         "repeats": args.repeats, "seconds": seconds})  # fmt: skip
             cells = "  ".join(f"{m} {s:6.2f}s ({s / seconds['none']:.2f}x)" for m, s in seconds.items())
             print(f"doc {d:5d}  query {q:5d}  {cells}", flush=True)
 
+    # Runs add to earlier ones (another grid, another cache source); a repeated cell replaces its old value.
     args.out.mkdir(parents=True, exist_ok=True)
+    saved = args.out / "rag_latency.json"
+    key = lambda r: (r["doc_tokens"], r["query_tokens"], r.get("cache_source", "causal"))  # noqa: E731
+    earlier = {key(r): r for r in (json.loads(saved.read_text()) if saved.is_file() else [])}
+    rows = sorted({**earlier, **{key(r): r for r in rows}}.values(), key=lambda r: (key(r)[2], key(r)[1], key(r)[0]))
     dtype = str(model.dtype).removeprefix("torch.")
-    header = (f"Model {model.path.name}, {dtype}, {torch.get_num_threads()} threads; median of {args.repeats}; "
-              f"{args.new_tokens} new tokens; cells: seconds (ratio to `none`).")  # fmt: skip
-    lines = [header, "", "| doc tokens | query tokens | " + " | ".join(modes) + " |", "|---" * (len(modes) + 2) + "|"]
+    header = (f"Model {model.path.name}, {dtype}, {torch.get_num_threads()} threads; {args.new_tokens} new tokens; "
+              "cells: median seconds (ratio to `none` in the same run).")  # fmt: skip
+    modes = list(CACHE_MODES)
+    lines = [header, "", "| cache source | doc tokens | query tokens | repeats | " + " | ".join(modes) + " |",
+             "|---" * (len(modes) + 4) + "|"]  # fmt: skip
     for r in rows:
-        cells = " | ".join(f"{r['seconds'][m]:.2f} ({r['seconds'][m] / r['seconds']['none']:.2f}x)" for m in modes)
-        lines.append(f"| {r['doc_tokens']} | {r['query_tokens']} | {cells} |")
+        none = r["seconds"]["none"]
+        cells = " | ".join(f"{r['seconds'][m]:.2f} ({r['seconds'][m] / none:.2f}x)" if m in r["seconds"] else "-"
+                           for m in modes)  # fmt: skip
+        lines.append(f"| {r.get('cache_source', 'causal')} | {r['doc_tokens']} | {r['query_tokens']} | "
+                     f"{r.get('repeats', '')} | {cells} |")  # fmt: skip
     (args.out / "rag_latency.md").write_text("\n".join(lines) + "\n")
-    (args.out / "rag_latency.json").write_text(json.dumps(rows, indent=2))
+    saved.write_text(json.dumps(rows, indent=2))
     plot(rows, args.out / "rag_latency.png")
     print("\n".join(lines))
 
