@@ -22,7 +22,12 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         description="Run an evaluation suite on a model and write results.json and results.md.",
     )
     p.add_argument("model", help="model folder or .gguf file; 'default' for the bundled SmolLM2-135M-Instruct")
-    p.add_argument("--suite", choices=sorted(SUITES), default="quick", help="quick: small samples; full: all data")
+    p.add_argument(
+        "--suite",
+        choices=sorted(SUITES),
+        default="quick",
+        help="quick: small samples (minutes); standard: the committed baselines (~1.5 h on 2 cores); full: all data",
+    )
     p.add_argument("--limit", type=positive_int, help="at most N examples per task (queries, pairs, test rows)")
     p.add_argument("--tasks", help="comma-separated task names to run (default: the whole suite)")
     p.add_argument("--out", type=Path, help="output folder (default: runs/eval/<time>-<model>-<suite>)")
