@@ -2,7 +2,9 @@
 
 Decoding itself is transformers' ``generate`` (so greedy output equals plain transformers token for token); this
 module adds what a user of an API expects around it: stop strings cut from the text, a stream of text pieces that
-never shows part of a stop string, and a ``threading.Event`` that stops generation (a client that went away).
+never shows part of a stop string, a ``threading.Event`` that stops generation (a client that went away), token
+counts and the reason generation ended, and an optional *gate*: an object that owns the model while several
+requests share it (a server), held for the whole generation and offered to waiting work after every token.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
@@ -46,6 +50,25 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
+@dataclass
+class Generation:
+    """What one generation produced. ``finish_reason`` follows the OpenAI API: "stop" when the model's end token or
+    a stop string ended it, "length" when ``max_new_tokens`` did, "cancelled" when the caller's event did."""
+
+    text: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: Literal["stop", "length", "cancelled", ""] = ""
+
+
+class Gate(Protocol):
+    """Exclusive use of the model (see ``grit.serve.scheduler.FairGate``)."""
+
+    def hold(self) -> AbstractContextManager: ...
+
+    def between_tokens(self) -> None: ...
+
+
 class StopOnEvent(StoppingCriteria):
     """Ends generation when the event is set (by a stop string seen in the stream, or a caller that gave up)."""
 
@@ -54,6 +77,18 @@ class StopOnEvent(StoppingCriteria):
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class OfferGate(StoppingCriteria):
+    """Never stops anything: after each token it lets the gate hand the model to waiting work (an embedding batch,
+    another request's next token) before generation goes on."""
+
+    def __init__(self, gate: Gate):
+        self.gate = gate
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        self.gate.between_tokens()
+        return torch.zeros((input_ids.shape[0],), dtype=torch.bool, device=input_ids.device)
 
 
 def chat_prompt(tokenizer, messages: Sequence[Message], fmt: PromptFormat, add_generation_prompt: bool = True) -> str:
@@ -101,29 +136,66 @@ def prompt_ids(tokenizer, prompt: str, max_new_tokens: int, context: int, device
 
 
 def run_generate(
-    model, tokenizer, ids: torch.Tensor, params: SamplingParams, streamer=None, cancel=None, past_key_values=None
+    model,
+    tokenizer,
+    ids: torch.Tensor,
+    params: SamplingParams,
+    streamer=None,
+    cancel=None,
+    past_key_values=None,
+    gate: Gate | None = None,
 ):
     """transformers' generate on ``ids`` (1, T). ``past_key_values`` may already hold the states of the first
     tokens of ``ids`` (RAG cache reuse); generate then runs only the rest through the model."""
-    if params.seed is not None:
-        torch.manual_seed(params.seed)
-    criteria = StoppingCriteriaList([StopOnEvent(cancel)]) if cancel is not None else None
-    with torch.inference_mode():
+    criteria = StoppingCriteriaList()
+    if cancel is not None:
+        criteria.append(StopOnEvent(cancel))
+    if gate is not None:
+        criteria.append(OfferGate(gate))
+    with gate.hold() if gate is not None else nullcontext(), torch.inference_mode():
+        if params.seed is not None:  # inside the gate: no other request draws from the generator in between
+            torch.manual_seed(params.seed)
         return model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
             generation_config=generation_config(model, params, tokenizer),
             tokenizer=tokenizer,  # needed by stop_strings
-            stopping_criteria=criteria,
+            stopping_criteria=criteria or None,
             streamer=streamer,
             past_key_values=past_key_values,
         )
 
 
+def finish(tokenizer, ids: torch.Tensor, out: torch.Tensor, params: SamplingParams, cancel=None) -> Generation:
+    """Decode what ``run_generate`` produced after the prompt ``ids``: text cut at the first stop string, counts,
+    and why it ended."""
+    new = out[0, ids.shape[1] :]
+    text, stopped = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), params.stop)
+    eos = tokenizer.eos_token_id
+    ended = stopped or (len(new) > 0 and eos is not None and int(new[-1]) in _as_set(eos))
+    if ended:
+        reason = "stop"
+    elif len(new) >= params.max_new_tokens:
+        reason = "length"
+    else:
+        reason = "cancelled" if cancel is not None and cancel.is_set() else "stop"
+    return Generation(text, ids.shape[1], len(new), reason)
+
+
+def _as_set(token_ids) -> set[int]:
+    return set(token_ids) if isinstance(token_ids, list | tuple | set) else {int(token_ids)}
+
+
+def complete(
+    model, tokenizer, ids: torch.Tensor, params: SamplingParams, past_key_values=None, cancel=None, gate=None
+) -> Generation:
+    """Generate to the end and return text, token counts and finish reason."""
+    out = run_generate(model, tokenizer, ids, params, None, cancel, past_key_values, gate)
+    return finish(tokenizer, ids, out, params, cancel)
+
+
 def generate_text(model, tokenizer, ids: torch.Tensor, params: SamplingParams, past_key_values=None) -> str:
-    out = run_generate(model, tokenizer, ids, params, past_key_values=past_key_values)
-    text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
-    return cut_at_stop(text, params.stop)[0]
+    return complete(model, tokenizer, ids, params, past_key_values).text
 
 
 def stream_text(
@@ -133,15 +205,19 @@ def stream_text(
     params: SamplingParams,
     cancel: threading.Event | None = None,
     past_key_values=None,
+    gate: Gate | None = None,
+    outcome: Generation | None = None,
 ) -> Iterator[str]:
-    """Yield text pieces as they are decoded. Closing the iterator early (or setting ``cancel``) stops generation."""
+    """Yield text pieces as they are decoded. Closing the iterator early (or setting ``cancel``) stops generation.
+    ``outcome``, when given, is filled in once the stream ends (whole text, token counts, finish reason)."""
     cancel = cancel or threading.Event()
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=None)
     errors: list[BaseException] = []
+    outputs: list[torch.Tensor] = []
 
     def work() -> None:
         try:
-            run_generate(model, tokenizer, ids, params, streamer, cancel, past_key_values)
+            outputs.append(run_generate(model, tokenizer, ids, params, streamer, cancel, past_key_values, gate))
         except BaseException as e:  # surfaced in the consumer's thread below
             errors.append(e)
             streamer.on_finalized_text("", stream_end=True)
@@ -151,12 +227,12 @@ def stream_text(
     # Hold back the tail that could be the start of a stop string, so a stream never shows part of one.
     hold = max((len(s) for s in params.stop), default=1) - 1
     pending = ""
+    stopped = False
     try:
         for piece in streamer:
             pending += piece
             text, stopped = cut_at_stop(pending, params.stop)
             if stopped:
-                cancel.set()
                 if text:
                     yield text
                 pending = ""
@@ -167,7 +243,13 @@ def stream_text(
         if pending and not cancel.is_set():
             yield pending
     finally:
-        cancel.set()  # the consumer stopped reading: stop the model (the streamer's queue is unbounded, so the
-        thread.join()  # worker never blocks on it and ends at the next token)
+        finished = not cancel.is_set()
+        cancel.set()  # the consumer stopped reading (or a stop string showed): stop the model. The streamer's
+        thread.join()  # queue is unbounded, so the worker never blocks on it and ends at the next token.
     if errors:
         raise errors[0]
+    if outcome is not None and outputs:
+        # A stop string seen in the stream ended it as "stop"; otherwise judge from the tokens, as ``complete`` does.
+        done = finish(tokenizer, ids, outputs[0], params, None if finished or stopped else cancel)
+        done.finish_reason = "stop" if stopped else done.finish_reason
+        vars(outcome).update(vars(done))

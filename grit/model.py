@@ -160,9 +160,21 @@ class GritModel:
 
     # --- generation --------------------------------------------------------------------------------------------
 
+    def prompt_ids(
+        self, prompt_or_messages: str | Sequence[Message], max_new_tokens: int, *, raw: bool = False
+    ) -> torch.Tensor:
+        """Token ids (1, T) of a prompt in the chat format (``raw``: the string as it is, for plain completion).
+        Raises ValueError when the prompt and ``max_new_tokens`` do not fit in the context."""
+        if raw:
+            if not isinstance(prompt_or_messages, str):
+                raise TypeError("a raw prompt must be a string")
+            prompt = prompt_or_messages
+        else:
+            prompt = generation.chat_prompt(self.tokenizer, as_messages(prompt_or_messages), self.format)
+        return generation.prompt_ids(self.tokenizer, prompt, max_new_tokens, self.context_length, self.device)
+
     def _prompt_ids(self, prompt_or_messages: str | Sequence[Message], params: SamplingParams) -> torch.Tensor:
-        prompt = generation.chat_prompt(self.tokenizer, as_messages(prompt_or_messages), self.format)
-        return generation.prompt_ids(self.tokenizer, prompt, params.max_new_tokens, self.context_length, self.device)
+        return self.prompt_ids(prompt_or_messages, params.max_new_tokens)
 
     def generate(
         self,

@@ -33,13 +33,15 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, get_args
 
 import torch
 
 from grit import generation
-from grit.generation import SamplingParams
+from grit.generation import Gate, Generation, SamplingParams
 from grit.kvcache import CacheAttention, SpanCache, compute_cache, join_caches
 from grit.model import GritModel
 from grit.rag.kvstore import KVStore
@@ -73,6 +75,8 @@ class Answer:
     prompt_tokens: int  # tokens the model saw before answering
     cached_tokens: int  # of those, how many came from caches instead of a forward pass
     seconds: dict[str, float] = field(default_factory=dict)
+    completion_tokens: int = 0
+    finish_reason: str = ""  # "stop" or "length", as grit.generation.Generation
 
 
 @dataclass
@@ -251,22 +255,45 @@ class RAG:
         stop=None,
         seed: int | None = None,
         min_new_tokens: int = 0,
+        gate: Gate | None = None,
     ) -> Answer:
-        """Retrieve ``k`` chunks and answer from them. Returns the text, the hits with scores, and timings."""
+        """Retrieve ``k`` chunks and answer from them. Returns the text, the hits with scores, and timings.
+        ``gate``: the model's lock when it is shared (a server); held for retrieval, offered after each token."""
         params = SamplingParams(max_new_tokens, temperature, top_p, stop or [], seed, min_new_tokens)
-        hits, layout, seconds = self.prepare(question, k, cache, max_new_tokens)
-        ids, past = self._generate_args(layout)
+        with gate.hold() if gate is not None else nullcontext():
+            hits, layout, seconds = self.prepare(question, k, cache, max_new_tokens)
+            ids, past = self._generate_args(layout)
         start = time.perf_counter()
-        text = generation.generate_text(self.model.lm, self.model.tokenizer, ids, params, past_key_values=past)
+        result = generation.complete(self.model.lm, self.model.tokenizer, ids, params, past, gate=gate)
         seconds["generate"] = time.perf_counter() - start
         cached = sum(len(s) for s in layout.spans)
-        return Answer(text, hits, cache, len(layout.ids), cached, seconds)
+        return Answer(result.text, hits, cache, len(layout.ids), cached, seconds, result.completion_tokens,
+                      result.finish_reason)  # fmt: skip
 
     def stream(
-        self, question: str, k: int = 1, cache: CacheMode = "none", *, max_new_tokens: int = 64, **sampling
+        self,
+        question: str,
+        k: int = 1,
+        cache: CacheMode = "none",
+        *,
+        max_new_tokens: int = 64,
+        gate: Gate | None = None,
+        cancel: threading.Event | None = None,
+        outcome: Generation | None = None,
+        **sampling,
     ) -> tuple[list, Iterator[str]]:
-        """The hits, and an iterator of answer pieces."""
+        """The hits, and an iterator of answer pieces (``outcome`` is filled in when it ends)."""
         params = SamplingParams(max_new_tokens, **sampling)
-        hits, layout, _ = self.prepare(question, k, cache, max_new_tokens)
-        ids, past = self._generate_args(layout)
-        return hits, generation.stream_text(self.model.lm, self.model.tokenizer, ids, params, past_key_values=past)
+        with gate.hold() if gate is not None else nullcontext():
+            hits, layout, _ = self.prepare(question, k, cache, max_new_tokens)
+            ids, past = self._generate_args(layout)
+        pieces = generation.stream_text(self.model.lm, self.model.tokenizer, ids, params, cancel, past, gate, outcome)
+        return hits, pieces
+
+    @classmethod
+    def open(cls, folder: Path, model: GritModel, cache_source: CacheAttention = "causal") -> RAG:
+        """A saved index with its on-disk KV store (``folder/kv-<source>``); ``model`` must be the index's model."""
+        from grit.rag.index import Index
+
+        return cls(model, Index.load(folder, model), KVStore(Path(folder) / f"kv-{cache_source}"),
+                   cache_source=cache_source)  # fmt: skip

@@ -73,7 +73,7 @@ def add_index_commands(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def _load_model(args: argparse.Namespace, index_folder: Path | None = None):
+def load_index_model(args: argparse.Namespace, index_folder: Path | None = None):
     """--model, else (for an existing index) the model folder recorded in its manifest."""
     path = args.model
     if path is None and index_folder is not None:
@@ -100,7 +100,7 @@ def cmd_build(args: argparse.Namespace) -> None:
     documents = load_documents(args.docs)
     if not documents:
         raise ValueError(f"{args.docs} holds no documents with text")
-    index = Index.build(documents, _load_model(args), config)
+    index = Index.build(documents, load_index_model(args), config)
     index.save(args.out)
     print(
         f"indexed {index.num_documents} documents as {index.num_chunks} chunks "
@@ -110,7 +110,7 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 def cmd_add(args: argparse.Namespace) -> None:
     documents = load_documents(args.docs)
-    index = Index.load(args.index, _load_model(args, args.index))
+    index = Index.load(args.index, load_index_model(args, args.index))
     added = index.add(documents, replace=args.replace)
     index.save(args.index)
     print(f"added {len(documents)} documents ({added} chunks); {args.index} has {index.num_documents} documents")
@@ -124,7 +124,7 @@ def cmd_delete(args: argparse.Namespace) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    index = Index.load(args.index, _load_model(args, args.index))
+    index = Index.load(args.index, load_index_model(args, args.index))
     hits = index.search(args.query, k=args.k, per_document=args.per_document)
     if args.json:
         print(json.dumps([asdict(h) for h in hits], indent=2, ensure_ascii=False))
@@ -182,11 +182,8 @@ def add_rag_commands(subparsers) -> argparse.ArgumentParser:
 
 def _rag(args: argparse.Namespace):
     from grit.rag.answer import RAG
-    from grit.rag.kvstore import KVStore
 
-    index = Index.load(args.index, _load_model(args, args.index))
-    store = KVStore(args.index / f"kv-{args.cache_source}")
-    return RAG(index.encoder, index, store, cache_source=args.cache_source)
+    return RAG.open(args.index, load_index_model(args, args.index), args.cache_source)
 
 
 def cmd_ask(args: argparse.Namespace) -> None:
