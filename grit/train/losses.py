@@ -109,6 +109,34 @@ def next_token_loss(logits: Tensor, labels: Tensor, reduction: Literal["mixed", 
         ignore_index=IGNORE,
         reduction="sum",
     )
+    return reduce_next_token_loss(total, labels, reduction)
+
+
+def next_token_loss_from_states(
+    states: Tensor, head: torch.nn.Module, labels: Tensor, reduction: Literal["mixed", "token", "sum"] = "mixed"
+) -> Tensor:
+    """``next_token_loss(head(states), labels, reduction)`` without the (B, T, V) logits: the head runs only on the
+    positions whose next token is trained. The others' logits would be thrown away; skipping them saves the head's
+    FLOPs (V x H per token, the largest layer of a small model) and the memory of their logits and gradients.
+
+    Args:
+        states: (B, T, H) the decoder's last hidden states.
+        head: the LM head (H -> V), e.g. ``lm.get_output_embeddings()``.
+        labels: (B, T) as for ``next_token_loss``.
+    """
+    if reduction not in ("mixed", "token", "sum"):
+        raise ValueError(f"reduction must be 'mixed', 'token' or 'sum', got {reduction!r}")
+    if states.shape[:2] != labels.shape:
+        raise ValueError(f"states {tuple(states.shape)} do not match labels {tuple(labels.shape)}")
+    targets = labels[:, 1:]  # (B, T-1)
+    keep = targets != IGNORE  # (B, T-1)
+    logits = head(states[:, :-1][keep]).float()  # (N, V), N = trained tokens
+    total = F.cross_entropy(logits, targets[keep], reduction="sum") if len(logits) else states.sum() * 0
+    return reduce_next_token_loss(total, labels, reduction)
+
+
+def reduce_next_token_loss(total: Tensor, labels: Tensor, reduction: str) -> Tensor:
+    """The summed loss divided as ``reduction`` says (see ``next_token_loss``)."""
     if reduction == "sum":
         return total
     if reduction == "token":

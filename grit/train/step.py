@@ -8,7 +8,8 @@ sum, and the trainer takes one optimizer step for both.
 
 Embedding: ``hidden_states`` of ``lm.base_model`` with bidirectional (or causal) attention, pooled over the text
 tokens (instruction and padding left out) and L2-normalised: the same path as ``GritModel.encode``. Generation: the
-causal LM's logits, scored by ``next_token_loss`` on the assistant tokens.
+causal LM's next-token loss on the assistant tokens, with the LM head run on those positions only
+(``next_token_loss_from_states``; same value as ``next_token_loss`` over the full logits).
 
 Across processes (grit/train/distributed.py) each process backpropagates a loss whose gradient, averaged over the
 processes, is the gradient of the loss of the whole global batch:
@@ -35,7 +36,7 @@ from .collate import EmbeddingBatch, GenerativeBatch
 from .config import TrainConfig
 from .distributed import Dist, all_sum, gather
 from .gradcache import gradcache_backward
-from .losses import contrastive_loss, next_token_loss, trained_tokens
+from .losses import contrastive_loss, next_token_loss, next_token_loss_from_states, trained_tokens
 
 
 @dataclass
@@ -67,10 +68,23 @@ def contrastive(q: Tensor, p: Tensor, group_size: int, cfg: TrainConfig, d: Dist
     return contrastive_loss(gather(q, d), gather(p, d), cfg.temperature, cfg.symmetric, group_size=group_size)
 
 
+def head_is_plain(lm: torch.nn.Module) -> bool:
+    """Whether the model's logits are just ``lm_head(last hidden state)``, so the head may run on the trained
+    positions alone. Models that scale or soft-cap their logits (Gemma 2, Cohere, ...) take the full path."""
+    config = lm.config
+    extra = any(getattr(config, a, None) not in (None, 1.0) for a in ("final_logit_softcapping", "logit_scale"))
+    return not extra and lm.get_output_embeddings() is not None and hasattr(lm, "get_decoder")
+
+
 def generative(lm: torch.nn.Module, batch: GenerativeBatch, cfg: TrainConfig, d: Dist) -> Tensor:
     """Next-token loss of this process's share of the global batch, times the world size (see module doc)."""
-    logits = lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits  # (B, T, V)
-    total = next_token_loss(logits, batch.labels, "sum")
+    if head_is_plain(lm):
+        decoder = lm.get_decoder()
+        states = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        total = next_token_loss_from_states(states.last_hidden_state, lm.get_output_embeddings(), batch.labels, "sum")
+    else:
+        logits = lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits  # (B,T,V)
+        total = next_token_loss(logits, batch.labels, "sum")
     if cfg.loss_gen_type == "mixed":
         count = all_sum(trained_tokens(batch.labels).float(), d).clamp(min=1)
     else:

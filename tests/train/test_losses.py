@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grit.train.losses import contrastive_loss, next_token_loss
+from grit.train.losses import IGNORE, contrastive_loss, next_token_loss, next_token_loss_from_states
 
 
 def xent(scores: list[float], target: int) -> float:
@@ -140,3 +140,25 @@ def test_next_token_loss_checks_arguments():
         next_token_loss(LOGITS, LABELS, "sample")
     with pytest.raises(ValueError, match="do not match"):
         next_token_loss(LOGITS, LABELS[:, :3])
+
+
+@pytest.mark.parametrize("reduction", ["mixed", "token", "sum"])
+def test_loss_from_states_equals_loss_from_full_logits(reduction):
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 11, bias=False)
+    states = torch.randn(3, 6, 8, requires_grad=True)
+    labels = torch.randint(0, 11, (3, 6))
+    labels[0, :3] = IGNORE  # a user turn
+    labels[2, :] = IGNORE  # a row with nothing trained
+    full = next_token_loss(head(states), labels, reduction)
+    picked = next_token_loss_from_states(states, head, labels, reduction)
+    assert torch.allclose(full, picked, atol=1e-6)
+    (g_full,) = torch.autograd.grad(full, states)
+    (g_picked,) = torch.autograd.grad(picked, states)
+    assert torch.allclose(g_full, g_picked, atol=1e-6)
+
+
+def test_loss_from_states_with_nothing_trained_is_zero_with_a_gradient_path():
+    states = torch.randn(2, 4, 8, requires_grad=True)
+    loss = next_token_loss_from_states(states, torch.nn.Linear(8, 5), torch.full((2, 4), IGNORE))
+    assert loss.item() == 0 and loss.requires_grad
