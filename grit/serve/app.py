@@ -1,0 +1,474 @@
+"""The HTTP application: OpenAI-compatible routes over one ``GritModel`` (and, optionally, a RAG index).
+
+Routes: ``GET /health``, ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/embeddings``,
+``POST /v1/chat/completions``, ``POST /v1/completions``, and with an index ``POST /v1/rag``. Streaming responses are
+server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``. How requests share the model is in
+``grit.serve.scheduler``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+
+import anyio
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import iterate_in_threadpool
+
+from grit import generation
+from grit.generation import Generation, SamplingParams
+from grit.model import GritModel
+from grit.serve.config import ServeConfig
+from grit.serve.errors import APIError, bad_request, install_error_handlers
+from grit.serve.middleware import BodyLimit, RequestLog
+from grit.serve.scheduler import Admission, EmbeddingBatcher, FairGate
+from grit.serve.schemas import ChatRequest, CompletionRequest, EmbeddingRequest, RagRequest, Sampling
+
+log = logging.getLogger("grit.serve")
+
+
+@dataclass
+class Server:
+    """What the routes share."""
+
+    model: GritModel
+    config: ServeConfig
+    name: str
+    gate: FairGate
+    batcher: EmbeddingBatcher
+    admission: Admission
+    rag: object | None = None  # grit.rag.RAG
+    created: int = 0
+    workers: ThreadPoolExecutor | None = None  # whole generations run here (see ``in_worker``)
+
+    @property
+    def max_input_tokens(self) -> int:
+        return self.config.max_input_tokens or self.model.context_length
+
+
+def create_app(model: GritModel, config: ServeConfig | None = None, rag=None) -> FastAPI:
+    """The FastAPI app serving ``model``; ``rag`` (a ``grit.rag.RAG`` over the same model) adds ``/v1/rag``."""
+    config = config or ServeConfig()
+    gate = FairGate()
+    server = Server(
+        model=model,
+        config=config,
+        name=config.model_name or model.path.name,
+        gate=gate,
+        batcher=EmbeddingBatcher(model, gate, config.max_batch_texts, config.embed_batch_size),
+        admission=Admission(config.max_pending),
+        rag=rag,
+        created=int(time.time()),
+        workers=ThreadPoolExecutor(config.max_pending, thread_name_prefix="grit-generate"),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        server.batcher.close()
+        server.workers.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="grit", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.server = server
+    install_error_handlers(app, config.retry_after_s)
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    if config.log_requests:
+        app.add_middleware(RequestLog)
+    authorized = [Depends(api_key_check(config.api_key))]
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": server.name, "requests_in_progress": server.admission.inside}
+
+    @app.get("/v1/models", dependencies=authorized)
+    async def models() -> dict:
+        return {"object": "list", "data": [model_card(server)]}
+
+    @app.get("/v1/models/{model_id:path}", dependencies=authorized)
+    async def one_model(model_id: str) -> dict:
+        check_model(server, model_id)
+        return model_card(server)
+
+    @app.post("/v1/embeddings", dependencies=authorized)
+    async def embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
+        return await embed_route(server, body, request)
+
+    @app.post("/v1/chat/completions", dependencies=authorized)
+    async def chat(body: ChatRequest, request: Request):
+        messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()}
+                    for m in body.messages]  # fmt: skip
+        return await generate_route(server, body, request, messages, raw=False)
+
+    @app.post("/v1/completions", dependencies=authorized)
+    async def completions(body: CompletionRequest, request: Request):
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if len(prompts) != 1:
+            raise bad_request("prompt must be one string (grit returns one choice per request)", "prompt")
+        return await generate_route(server, body, request, prompts[0], raw=True)
+
+    if rag is not None:
+
+        @app.post("/v1/rag", dependencies=authorized)
+        async def rag_route(body: RagRequest, request: Request):
+            return await rag_answer_route(server, body, request)
+
+    return app
+
+
+# --- auth and checks -------------------------------------------------------------------------------------------
+
+
+def api_key_check(api_key: str | None) -> Callable:
+    # Digests first: compare_digest is constant-time only for equal lengths, and hashing makes them equal.
+    expected = hashlib.sha256(api_key.encode()).digest() if api_key else None
+
+    async def check(request: Request) -> None:
+        if expected is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        given = hashlib.sha256(token.strip().encode()).digest()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given, expected):
+            raise APIError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
+                           type="authentication_error", code="invalid_api_key")  # fmt: skip
+
+    return check
+
+
+def check_model(server: Server, name: str | None) -> None:
+    """A request may name the served model or none; any other name is a 404, as OpenAI answers."""
+    if name and name != server.name:
+        raise APIError(404, f"model {name!r} is not served here; this server serves {server.name!r}",
+                       type="not_found_error", param="model", code="model_not_found")  # fmt: skip
+
+
+def model_card(server: Server) -> dict:
+    capabilities = ["embeddings", "chat.completions", "completions"] + (["rag"] if server.rag else [])
+    return {"id": server.name, "object": "model", "created": server.created, "owned_by": "grit",
+            "capabilities": capabilities}  # fmt: skip
+
+
+def note(request: Request, **fields) -> None:
+    """Add fields to the request's log line (written by RequestLog when the response ends)."""
+    request.state.log = {**getattr(request.state, "log", {}), **fields}
+
+
+async def in_worker(server: Server, fn: Callable, *args, **kwargs):
+    """Run a whole generation on the server's own threads (one per admitted request). On asyncio's default
+    executor (min(32, CPUs + 4) threads) enough of them would take every thread, and each short call behind them
+    (an embedding request's token count) would wait for a generation to end instead of for one token."""
+    return await asyncio.get_running_loop().run_in_executor(server.workers, partial(fn, *args, **kwargs))
+
+
+async def watch_disconnect(request: Request, cancel: threading.Event) -> None:
+    """Set ``cancel`` when the client goes away (a non-streaming request still generating)."""
+    while not cancel.is_set():
+        if await request.is_disconnected():
+            cancel.set()
+            return
+        await asyncio.sleep(0.2)
+
+
+# --- embeddings ------------------------------------------------------------------------------------------------
+
+
+def embedding_texts(server: Server, body: EmbeddingRequest) -> list[str]:
+    """The inputs as texts: token arrays are decoded with the model's tokenizer."""
+    given = body.input
+    if isinstance(given, str):
+        texts = [given]
+    elif given and isinstance(given[0], int):
+        texts = [decode_ids(server, given)]
+    else:
+        texts = [t if isinstance(t, str) else decode_ids(server, t) for t in given]
+    if not texts:
+        raise bad_request("input is empty", "input")
+    if len(texts) > server.config.max_inputs:
+        raise bad_request(f"{len(texts)} inputs; at most {server.config.max_inputs} per request", "input")
+    for i, t in enumerate(texts):
+        if not t.strip():
+            raise bad_request(f"input[{i}] is empty; there is nothing to embed", "input")
+    return texts
+
+
+def decode_ids(server: Server, ids: list[int]) -> str:
+    """A token array's text; an id outside the vocabulary is the client's error (the tokenizer would raise on a
+    negative one and silently drop one too large)."""
+    vocab = len(server.model.tokenizer)
+    bad = next((i for i in ids if not 0 <= i < vocab), None)
+    if bad is not None:
+        raise bad_request(f"token id {bad} is outside the model's vocabulary (0 to {vocab - 1})", "input")
+    return server.model.tokenizer.decode(ids)
+
+
+def count_tokens(server: Server, texts: list[str], instruction: str) -> tuple[list[int], int]:
+    """Tokens of each text alone, and of the instruction prefix."""
+    tokenizer = server.model.tokenizer
+    counts = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    prefix = len(tokenizer(server.model.format.embed_prefix(instruction), add_special_tokens=True)["input_ids"])
+    return counts, prefix
+
+
+async def embed_route(server: Server, body: EmbeddingRequest, request: Request) -> JSONResponse:
+    check_model(server, body.model)
+    texts = embedding_texts(server, body)
+    instruction = server.config.default_instruction if body.instruction is None else body.instruction
+    counts, prefix = await asyncio.to_thread(count_tokens, server, texts, instruction)
+    limit = min(server.max_input_tokens, server.model.context_length - prefix)
+    for i, n in enumerate(counts):
+        if n > limit:
+            raise bad_request(f"input[{i}] has {n} tokens; the limit is {limit} (with the instruction, the "
+                              f"model's context is {server.model.context_length})", "input")  # fmt: skip
+    if body.dimensions is not None and body.dimensions > server.model.dim:
+        raise bad_request(f"dimensions={body.dimensions} exceeds the model's {server.model.dim}", "dimensions")
+    with server.admission.slot():
+        # Lengths are checked above; one max_length for all requests lets any of them share a batch.
+        future = server.batcher.submit(texts, instruction, server.model.context_length)
+        vectors = await asyncio.wrap_future(future)
+    if body.dimensions is not None:  # truncated and renormalized, as OpenAI's `dimensions` does
+        vectors = vectors[:, : body.dimensions]
+        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    data = [{"object": "embedding", "index": i, "embedding": encode_vector(v, body.encoding_format)}
+            for i, v in enumerate(vectors)]  # fmt: skip
+    tokens = sum(counts)
+    note(request, inputs=len(texts), tokens=tokens)
+    return JSONResponse({"object": "list", "data": data, "model": server.name,
+                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})  # fmt: skip
+
+
+def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":  # little-endian float32 bytes, what the openai client decodes
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode()
+    return vector.astype(np.float32).tolist()
+
+
+# --- generation ------------------------------------------------------------------------------------------------
+
+
+def sampling_params(server: Server, body: Sampling, max_tokens: int | None, default_max: int | None) -> SamplingParams:
+    cap = server.config.max_tokens_cap
+    if max_tokens is not None and max_tokens > cap:
+        raise bad_request(f"max_tokens={max_tokens} exceeds this server's cap of {cap}", "max_tokens")
+    try:
+        return SamplingParams(
+            max_new_tokens=max_tokens or default_max or cap,
+            temperature=1.0 if body.temperature is None else body.temperature,  # OpenAI's defaults
+            top_p=1.0 if body.top_p is None else body.top_p,
+            stop=body.stop or [],
+            seed=body.seed,
+        )
+    except (TypeError, ValueError) as e:
+        raise bad_request(str(e)) from e
+
+
+def prompt_ids(server: Server, prompt, params: SamplingParams, raw: bool, explicit_max: bool):
+    """Prompt ids; without an explicit max_tokens the answer gets what is left of the context (up to the cap)."""
+    model = server.model
+    try:
+        ids = model.prompt_ids(prompt, 1, raw=raw)
+    except (TypeError, ValueError) as e:
+        raise bad_request(str(e), "messages" if not raw else "prompt") from e
+    room = model.context_length - ids.shape[1]
+    if not explicit_max:
+        params.max_new_tokens = max(min(params.max_new_tokens, room), 1)
+    if ids.shape[1] + params.max_new_tokens > model.context_length:
+        raise bad_request(f"the prompt has {ids.shape[1]} tokens; with max_tokens={params.max_new_tokens} that "
+                          f"exceeds the model's context of {model.context_length} tokens", "max_tokens")  # fmt: skip
+    return ids
+
+
+async def generate_route(server: Server, body: Sampling, request: Request, prompt, raw: bool):
+    check_model(server, body.model)
+    max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
+    params = sampling_params(server, body, max_tokens, 16 if raw else None)  # OpenAI: completions default to 16
+    ids = await asyncio.to_thread(prompt_ids, server, prompt, params, raw, max_tokens is not None or raw)
+    kind = "text_completion" if raw else "chat.completion"
+    reply = Reply(server.name, kind, ids.shape[1])
+    cancel = threading.Event()
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        outcome = Generation()
+        pieces = generation.stream_text(
+            server.model.lm, server.model.tokenizer, ids, params, cancel, None, server.gate, outcome
+        )
+        server.admission.enter()
+        return stream_response(server, request, reply, include_usage, pieces, cancel, outcome)
+    with server.admission.slot():
+        watcher = asyncio.create_task(watch_disconnect(request, cancel))
+        try:
+            args = (server.model.lm, server.model.tokenizer, ids, params, None, cancel, server.gate)
+            result = await in_worker(server, generation.complete, *args)
+        finally:
+            cancel.set()
+            watcher.cancel()
+    note(request, prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
+    return JSONResponse(reply.whole(result))
+
+
+@dataclass
+class Reply:
+    """Builds the response objects of one chat or text completion (whole, or chunk by chunk)."""
+
+    model: str
+    kind: str  # "chat.completion" or "text_completion"
+    prompt_tokens: int
+
+    def __post_init__(self) -> None:
+        prefix = "chatcmpl" if self.kind == "chat.completion" else "cmpl"
+        self.id = f"{prefix}-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+
+    def _envelope(self, object: str, choices: list, usage: dict | None = None) -> dict:
+        body = {"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": choices}
+        if usage is not None:
+            body["usage"] = usage
+        return body
+
+    def usage(self, completion_tokens: int) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": self.prompt_tokens + completion_tokens}  # fmt: skip
+
+    def _choice(self, text: str | None, finish_reason: str | None, first: bool = False) -> dict:
+        if self.kind == "chat.completion":
+            delta = {"role": "assistant", "content": text or ""} if first else ({"content": text} if text else {})
+            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+
+    def whole(self, result: Generation) -> dict:
+        reason = result.finish_reason if result.finish_reason in ("stop", "length") else "stop"
+        if self.kind == "chat.completion":
+            choice = {"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,
+                      "finish_reason": reason}  # fmt: skip
+        else:
+            choice = {"index": 0, "text": result.text, "logprobs": None, "finish_reason": reason}
+        return self._envelope(self.kind, [choice], self.usage(result.completion_tokens))
+
+    def chunk(self, text: str | None, finish_reason: str | None = None, first: bool = False) -> dict:
+        object = "chat.completion.chunk" if self.kind == "chat.completion" else "text_completion"
+        return self._envelope(object, [self._choice(text, finish_reason, first)])
+
+    def usage_chunk(self, completion_tokens: int) -> dict:
+        object = "chat.completion.chunk" if self.kind == "chat.completion" else "text_completion"
+        return self._envelope(object, [], self.usage(completion_tokens))
+
+
+def sse(data: dict | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+def once(fn: Callable[[], None]) -> Callable[[], None]:
+    done = threading.Event()
+
+    def call() -> None:
+        if not done.is_set():
+            done.set()
+            fn()
+
+    return call
+
+
+def stream_response(
+    server: Server,
+    request: Request,
+    reply: Reply,
+    include_usage: bool,
+    pieces: Iterator[str],
+    cancel: threading.Event,
+    outcome: Generation,
+    first_event: dict | None = None,
+) -> StreamingResponse:
+    """Server-sent events of a generation whose text ``pieces`` (a not yet started ``stream_text``) fill
+    ``outcome`` and stop on ``cancel``. The caller has entered ``server.admission``; the stream leaves it when it
+    ends, however it ends (also when the client left before the first byte and the stream never started)."""
+    leave = once(server.admission.leave)
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            if first_event is not None:
+                yield sse(first_event)
+            if reply.kind == "chat.completion":
+                yield sse(reply.chunk("", first=True))
+            async for piece in iterate_in_threadpool(pieces):
+                yield sse(reply.chunk(piece))
+            reason = outcome.finish_reason if outcome.finish_reason in ("stop", "length") else "stop"
+            yield sse(reply.chunk(None, reason))
+            if include_usage:
+                yield sse(reply.usage_chunk(outcome.completion_tokens))
+            yield sse("[DONE]")
+            note(request, prompt_tokens=reply.prompt_tokens, completion_tokens=outcome.completion_tokens)
+        finally:
+            cancel.set()  # a client that went away ends generation at the next token
+            try:
+                # A client that leaves (the openai client does, right after [DONE]) cancels this task, and the
+                # cancellation would hit this await too: shielded, the generation is closed and the place given
+                # back now, not when the garbage collector finds the response.
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(pieces.close)
+            finally:
+                leave()
+
+    body = events()
+    weakref.finalize(body, leave)
+    return StreamingResponse(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+# --- RAG -------------------------------------------------------------------------------------------------------
+
+
+def hit_dict(hit) -> dict:
+    return {"id": hit.doc_id, "chunk": hit.number, "score": round(float(hit.score), 6), "title": hit.title,
+            "text": hit.text}  # fmt: skip
+
+
+async def rag_answer_route(server: Server, body: RagRequest, request: Request):
+    check_model(server, body.model)
+    if not body.question.strip():
+        raise bad_request("question is empty", "question")
+    if body.max_tokens > server.config.max_tokens_cap:
+        raise bad_request(f"max_tokens={body.max_tokens} exceeds this server's cap of "
+                          f"{server.config.max_tokens_cap}", "max_tokens")  # fmt: skip
+    rag, cache = server.rag, body.cache or server.config.rag_cache
+    sampling = {"temperature": body.temperature, "top_p": body.top_p, "stop": body.stop or [], "seed": body.seed}
+    if body.stream:
+        cancel, outcome = threading.Event(), Generation()
+        server.admission.enter()
+        try:
+            hits, pieces = await asyncio.to_thread(rag.stream, body.question, body.k, cache, gate=server.gate,
+                                                   max_new_tokens=body.max_tokens, cancel=cancel, outcome=outcome,
+                                                   **sampling)  # fmt: skip
+        except ValueError as e:
+            server.admission.leave()
+            raise bad_request(str(e)) from e
+        except BaseException:
+            server.admission.leave()
+            raise
+        documents = {"object": "rag.documents", "cache": cache, "documents": [hit_dict(h) for h in hits]}
+        reply = Reply(server.name, "chat.completion", 0)
+        return stream_response(server, request, reply, False, pieces, cancel, outcome, first_event=documents)
+    with server.admission.slot():
+        try:
+            answer = await in_worker(server, rag.answer, body.question, body.k, cache,
+                                     max_new_tokens=body.max_tokens, gate=server.gate, **sampling)  # fmt: skip
+        except ValueError as e:
+            raise bad_request(str(e)) from e
+    usage = {"prompt_tokens": answer.prompt_tokens, "cached_tokens": answer.cached_tokens,
+             "completion_tokens": answer.completion_tokens,
+             "total_tokens": answer.prompt_tokens + answer.completion_tokens}  # fmt: skip
+    note(request, cache=cache, prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens)
+    return JSONResponse({"object": "rag.answer", "model": server.name, "answer": answer.text, "cache": cache,
+                         "finish_reason": answer.finish_reason, "documents": [hit_dict(h) for h in answer.hits],
+                         "usage": usage, "seconds": answer.seconds})  # fmt: skip

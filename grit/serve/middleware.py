@@ -1,0 +1,95 @@
+"""ASGI middleware: a request body size limit, and one log line per request.
+
+Both are plain ASGI (not Starlette's BaseHTTPMiddleware), so streamed responses pass through untouched and a
+client disconnect still reaches the route.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+log = logging.getLogger("grit.serve")
+
+
+async def send_json(send, status: int, body: dict) -> None:
+    data = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+
+
+class BodyLimit:
+    """Refuses a request whose body exceeds ``limit`` bytes (413): by its declared Content-Length before reading it,
+    and a body sent without one (chunked transfer encoding) as soon as what arrived crosses the limit."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def refuse(self, send, size: str) -> None:
+        message = f"the request body has {size} bytes; the limit is {self.limit}"
+        error = {"message": message, "type": "invalid_request_error", "param": None, "code": None}
+        await send_json(send, 413, {"error": error})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await self.refuse(send, str(int(length)))
+        if length is None and b"transfer-encoding" in headers:
+            chunks, size, more = [], 0, True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":  # the client left
+                    return
+                chunks.append(message.get("body", b""))
+                size += len(chunks[-1])
+                if size > self.limit:
+                    return await self.refuse(send, f"more than {self.limit}")
+                more = message.get("more_body", False)
+            receive = replay(b"".join(chunks), receive)
+        await self.app(scope, receive, send)
+
+
+def replay(body: bytes, receive):
+    """``receive`` that first hands over the body already read, then goes on with the real one (a disconnect)."""
+    sent = False
+
+    async def replayed():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
+
+class RequestLog:
+    """Logs ``METHOD path status seconds`` and what the route noted (tokens, inputs) when the response has been
+    sent completely, so a streamed answer is logged with its whole duration."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status = {"code": 0}
+
+        async def logged_send(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, logged_send)
+        finally:
+            noted = scope.get("state", {}).get("log", {})
+            fields = " ".join(f"{k}={v}" for k, v in noted.items())
+            seconds = time.perf_counter() - start
+            log.info("%s %s %s %.3fs %s", scope["method"], scope["path"], status["code"] or "-", seconds, fields)

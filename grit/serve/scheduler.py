@@ -1,0 +1,208 @@
+"""How requests share one model in one process.
+
+The scheduling, and why:
+
+* **One forward pass at a time** (``FairGate``). On a CPU, two forward passes at once do not run faster than one
+  after the other: they fight over the same cores (with OpenMP, much slower: spinning threads collide), and on a GPU
+  they fight over memory. So the model is a lock, handed out first come, first served (a ticket lock: plain
+  ``threading.Lock`` lets a releasing thread take it right back and starve the others).
+* **Generation gives the model back after every token** (``FairGate.between_tokens``, called by
+  ``grit.generation`` from inside transformers' decoding loop). A waiting embedding batch or another request's next
+  token goes first, then this generation continues. A long chat therefore delays an embedding request by about one
+  decoding step, not by its whole length; concurrent chats advance in turn, token by token.
+* **Embedding requests are batched** (``EmbeddingBatcher``). One thread collects requests; while it waits for the
+  model, more requests queue up, and when it gets the model it takes all of them (up to ``max_batch_texts``) into one
+  call per instruction, so many small requests cost about what one large one costs.
+* **Bounded admission** (``Admission``): at most ``max_pending`` requests are inside at once; the next one is
+  refused at once (HTTP 503 with ``Retry-After``) rather than queued without limit.
+
+Decoding is not batched across requests (continuous batching as in vLLM): on this CPU a single sequence's decoding
+step is already bound by memory bandwidth over the weights, so batching would help throughput; it is left for later.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class FairGate:
+    """Exclusive use of the model, granted in arrival order (a ticket lock)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._next_ticket = 0
+        self._serving = 0
+
+    def _acquire(self) -> None:
+        with self._cond:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            self._cond.wait_for(lambda: self._serving == ticket)
+
+    def _release(self) -> None:
+        with self._cond:
+            self._serving += 1
+            self._cond.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        """Threads waiting for the model (not counting the holder)."""
+        with self._cond:
+            return max(self._next_ticket - self._serving - 1, 0)
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        self._acquire()
+        try:
+            yield
+        finally:
+            self._release()
+
+    def between_tokens(self) -> None:
+        """Called by the holder at a safe point: if others wait, let them go first, then queue up again.
+
+        The random generators' state goes with the holder: sampling draws from torch's global generator, which the
+        others' turns advance (or reseed), so without this a seeded generation would not repeat once interleaved."""
+        if self.waiting:
+            state = rng_state()
+            self._release()
+            self._acquire()
+            set_rng_state(state)
+
+
+def rng_state() -> tuple:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda
+
+
+def set_rng_state(state: tuple) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+
+
+class Overloaded(Exception):
+    """The server holds as many requests as it admits; the client should retry later."""
+
+
+class Admission:
+    """Counts requests inside the server; refuses one over ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._inside = 0
+        self._lock = threading.Lock()
+
+    @property
+    def inside(self) -> int:
+        return self._inside
+
+    def enter(self) -> None:
+        """Take a place, or raise ``Overloaded``. Every ``enter`` needs one ``leave``."""
+        with self._lock:
+            if self._inside >= self.limit:
+                raise Overloaded(f"the server is at its limit of {self.limit} requests in progress")
+            self._inside += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._inside -= 1
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        self.enter()
+        try:
+            yield
+        finally:
+            self.leave()
+
+
+@dataclass
+class EmbeddingJob:
+    texts: list[str]
+    instruction: str
+    max_length: int
+    future: Future = field(default_factory=Future)
+
+
+class EmbeddingBatcher:
+    """Runs embedding requests from many callers as few ``model.encode`` calls (see the module docstring)."""
+
+    def __init__(self, model, gate: FairGate, max_batch_texts: int = 256, batch_size: int = 32) -> None:
+        self.model = model
+        self.gate = gate
+        self.max_batch_texts = max_batch_texts
+        self.batch_size = batch_size
+        self._jobs: queue.SimpleQueue[EmbeddingJob | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="grit-embed", daemon=True)
+        self._thread.start()
+        self.batches = 0  # how many encode calls ran (tests and logs read it)
+
+    def submit(self, texts: list[str], instruction: str, max_length: int) -> Future:
+        """A future of the (len(texts), dim) float32 normalized embeddings."""
+        job = EmbeddingJob(list(texts), instruction, max_length)
+        self._jobs.put(job)
+        return job.future
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=30)
+
+    def _take_waiting(self, first: EmbeddingJob) -> tuple[list[EmbeddingJob], bool]:
+        """``first`` and the jobs queued behind it, up to ``max_batch_texts`` texts; and whether close() was seen."""
+        jobs, count = [first], len(first.texts)
+        while count < self.max_batch_texts:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                return jobs, True
+            jobs.append(job)
+            count += len(job.texts)
+        return jobs, False
+
+    def _loop(self) -> None:
+        closing = False
+        while not closing:
+            first = self._jobs.get()
+            if first is None:
+                return
+            with self.gate.hold():
+                # Taken after the gate is ours: what arrived while a generation held the model joins this batch.
+                jobs, closing = self._take_waiting(first)
+                groups: dict[tuple[str, int], list[EmbeddingJob]] = {}
+                for job in jobs:
+                    if job.future.set_running_or_notify_cancel():
+                        groups.setdefault((job.instruction, job.max_length), []).append(job)
+                for (instruction, max_length), group in groups.items():
+                    self._run(group, instruction, max_length)
+
+    def _run(self, group: list[EmbeddingJob], instruction: str, max_length: int) -> None:
+        texts = [t for job in group for t in job.texts]
+        try:
+            vectors = self.model.encode(
+                texts, instruction, batch_size=self.batch_size, max_length=max_length, show_progress=False
+            )
+            self.batches += 1
+        except Exception as e:  # inputs are checked before they are queued; this is a server fault
+            log.exception("embedding batch of %d texts failed", len(texts))
+            for job in group:
+                job.future.set_exception(e)
+            return
+        start = 0
+        for job in group:
+            job.future.set_result(np.asarray(vectors[start : start + len(job.texts)]))
+            start += len(job.texts)

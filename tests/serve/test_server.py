@@ -1,0 +1,295 @@
+"""The OpenAI-compatible server end to end: a real uvicorn server on a loopback port, the official openai client,
+and the tiny random Llama. Served results must equal what ``GritModel`` computes in-process."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from openai import OpenAI
+
+from grit import generation
+from grit.generation import SamplingParams
+
+from .serveutil import API_KEY, MODEL, httpx, row_cosines, vectors, wait_until
+
+TEXTS = ["The json module exposes an API.", "Logging defines functions for event logging.", "a cat"]
+INSTRUCTION = "Retrieve documents that answer the question"
+CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What does the json module do?"}]
+PROMPT = "The argparse module makes it easy to"
+# The tiny random model answers every prompt greedily with newlines; seeded sampling gives varied text (the server
+# seeds inside the model's gate, so a seed reproduces an answer exactly).
+SEEDED = {"temperature": 1.0, "seed": 0}
+
+
+def greedy_token_count(tiny_grit, ids: torch.Tensor, max_new_tokens: int) -> int:
+    """Tokens plain transformers generates greedily after ``ids`` (independent of grit's own counting)."""
+    with torch.inference_mode():
+        out = tiny_grit.lm.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tiny_grit.tokenizer.pad_token_id,
+        )
+    return out.shape[1] - ids.shape[1]
+
+
+# --- embeddings ------------------------------------------------------------------------------------------------
+
+
+def test_embeddings_equal_encode(client, tiny_grit):
+    response = client.embeddings.create(model=MODEL, input=TEXTS)  # the client asks for base64
+    got = vectors(response)
+    assert got.shape == (len(TEXTS), tiny_grit.dim)
+    assert row_cosines(got, tiny_grit.encode(TEXTS)).min() >= 0.9999
+    assert response.model == MODEL and [d.index for d in response.data] == [0, 1, 2]
+
+
+def test_base64_and_float_encodings_decode_to_the_same_vectors(client, http):
+    as_base64 = vectors(client.embeddings.create(model=MODEL, input=TEXTS))
+    as_float = vectors(client.embeddings.create(model=MODEL, input=TEXTS, encoding_format="float"))
+    np.testing.assert_allclose(as_base64, as_float, rtol=0, atol=1e-6)
+    raw = http.post("/v1/embeddings", json={"model": MODEL, "input": TEXTS[0], "encoding_format": "float"}).json()
+    assert isinstance(raw["data"][0]["embedding"], list)
+    np.testing.assert_allclose(raw["data"][0]["embedding"], as_float[0], rtol=0, atol=1e-6)
+
+
+def test_dimensions_truncates_and_renormalizes(client, tiny_grit):
+    got = vectors(client.embeddings.create(model=MODEL, input=TEXTS, dimensions=8))
+    assert got.shape == (len(TEXTS), 8)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    full = tiny_grit.encode(TEXTS)[:, :8]
+    assert row_cosines(got, full / np.linalg.norm(full, axis=1, keepdims=True)).min() >= 0.9999
+
+
+def test_instruction_extension_equals_encode_with_it(client, tiny_grit):
+    got = vectors(client.embeddings.create(model=MODEL, input=TEXTS, extra_body={"instruction": INSTRUCTION}))
+    assert row_cosines(got, tiny_grit.encode(TEXTS, INSTRUCTION)).min() >= 0.9999
+    assert row_cosines(got, tiny_grit.encode(TEXTS)).max() < 0.9999
+
+
+def test_token_array_input_equals_its_decoded_text(client, tiny_grit):
+    ids = [tiny_grit.tokenizer(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
+    decoded = [tiny_grit.tokenizer.decode(x) for x in ids]
+    one = vectors(client.embeddings.create(model=MODEL, input=ids[0]))
+    assert one.shape == (1, tiny_grit.dim)
+    assert row_cosines(one, tiny_grit.encode(decoded[:1])).min() >= 0.9999
+    many = vectors(client.embeddings.create(model=MODEL, input=ids))
+    assert row_cosines(many, tiny_grit.encode(decoded)).min() >= 0.9999
+
+
+def test_embedding_usage_counts_the_text_tokens(client, tiny_grit):
+    usage = client.embeddings.create(model=MODEL, input=TEXTS).usage
+    expected = sum(len(tiny_grit.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in TEXTS)
+    assert usage.prompt_tokens == usage.total_tokens == expected
+
+
+# --- chat and text completions ---------------------------------------------------------------------------------
+
+
+def test_greedy_chat_equals_generate(client, tiny_grit):
+    response = client.chat.completions.create(model=MODEL, messages=CHAT, temperature=0, max_tokens=12)
+    message = response.choices[0].message
+    assert message.role == "assistant"
+    assert message.content == tiny_grit.generate(CHAT, max_new_tokens=12)
+    assert response.object == "chat.completion" and response.id.startswith("chatcmpl-")
+
+
+def test_seeded_sampled_chat_equals_generate(client, tiny_grit):
+    response = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=24, **SEEDED)
+    expected = tiny_grit.generate(CHAT, max_new_tokens=24, **SEEDED)
+    assert response.choices[0].message.content == expected and expected.strip()
+
+
+def test_chat_usage_and_length_finish(client, tiny_grit):
+    ids = tiny_grit.prompt_ids(CHAT, 1)
+    assert greedy_token_count(tiny_grit, ids, 12) == 12  # the prompt runs to the limit without an end token
+    response = client.chat.completions.create(model=MODEL, messages=CHAT, temperature=0, max_tokens=12)
+    usage = response.usage
+    assert usage.prompt_tokens == ids.shape[1]
+    assert usage.completion_tokens == 12
+    assert usage.total_tokens == usage.prompt_tokens + 12
+    assert response.choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize("sampling", [{"temperature": 0}, SEEDED], ids=["greedy", "seeded"])
+def test_chat_stream_joins_to_the_whole_answer(client, sampling):
+    whole = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=12, **sampling)
+    chunks = list(client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=12, **sampling,
+                                                 stream=True, stream_options={"include_usage": True}))  # fmt: skip
+    with_choices = [c for c in chunks if c.choices]
+    assert "".join(c.choices[0].delta.content or "" for c in with_choices) == whole.choices[0].message.content
+    assert with_choices[0].choices[0].delta.role == "assistant"
+    assert with_choices[-1].choices[0].finish_reason == whole.choices[0].finish_reason == "length"
+    assert all(c.choices[0].finish_reason is None for c in with_choices[:-1])
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.model_dump() == whole.usage.model_dump()
+    assert {c.id for c in chunks} == {chunks[0].id} and chunks[0].object == "chat.completion.chunk"
+
+
+def test_stream_without_include_usage_sends_no_usage(client):
+    chunks = list(client.chat.completions.create(model=MODEL, messages=CHAT, temperature=0, max_tokens=4,
+                                                 stream=True))  # fmt: skip
+    assert chunks and all(c.choices and c.usage is None for c in chunks)
+
+
+def stop_in_the_middle(text: str) -> str:
+    """A 3-character piece from the middle of ``text`` that is not all whitespace."""
+    for start in range(len(text) // 2, len(text) - 3):
+        piece = text[start : start + 3]
+        if piece.strip() and piece.isprintable():
+            return piece
+    raise AssertionError(f"no usable stop string in {text!r}")
+
+
+def test_stop_sequence_cuts_the_answer(client):
+    full = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=24, **SEEDED)
+    text = full.choices[0].message.content
+    stop = stop_in_the_middle(text)
+    assert text.index(stop) > 0
+    cut = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=24, stop=[stop], **SEEDED)
+    assert cut.choices[0].message.content == text[: text.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.usage.completion_tokens < full.usage.completion_tokens
+
+
+def test_stop_sequence_cuts_the_stream(client):
+    text = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=24, **SEEDED)
+    text = text.choices[0].message.content
+    stop = stop_in_the_middle(text)
+    chunks = list(client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=24, stop=stop, stream=True,
+                                                 **SEEDED))  # fmt: skip
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == text[: text.index(stop)]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_completion_equals_raw_prompt_generation_with_16_tokens_by_default(client, tiny_grit):
+    ids = tiny_grit.prompt_ids(PROMPT, 16, raw=True)
+    assert greedy_token_count(tiny_grit, ids, 16) == 16  # the prompt does not end early, so 16 shows the default
+    expected = generation.complete(tiny_grit.lm, tiny_grit.tokenizer, ids, SamplingParams(16))
+    response = client.completions.create(model=MODEL, prompt=PROMPT, temperature=0)
+    assert response.choices[0].text == expected.text
+    assert response.usage.completion_tokens == 16 and response.usage.prompt_tokens == ids.shape[1]
+    assert response.choices[0].finish_reason == "length" and response.object == "text_completion"
+
+
+@pytest.mark.parametrize("sampling", [{"temperature": 0}, SEEDED], ids=["greedy", "seeded"])
+def test_completion_stream_joins_to_the_whole_text(client, sampling):
+    whole = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=10, **sampling)
+    chunks = list(client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=10, stream=True, **sampling))
+    assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+
+def test_seeded_completion_equals_raw_prompt_generation(client, tiny_grit):
+    ids = tiny_grit.prompt_ids(PROMPT, 10, raw=True)
+    expected = generation.complete(tiny_grit.lm, tiny_grit.tokenizer, ids, SamplingParams(10, **SEEDED)).text
+    response = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=10, **SEEDED)
+    assert response.choices[0].text == expected and expected.strip()
+
+
+def test_seeded_sampling_repeats(client):
+    def sample():
+        return client.chat.completions.create(model=MODEL, messages=CHAT, temperature=1.0, max_tokens=12, seed=7)
+
+    assert sample().choices[0].message.content == sample().choices[0].message.content
+
+
+# --- models, health, logging -----------------------------------------------------------------------------------
+
+
+def test_models_lists_the_served_model(client):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    assert client.models.retrieve(MODEL).id == MODEL
+
+
+def test_health_needs_no_api_key(live):
+    response = httpx.get(f"{live.url}/health")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok" and response.json()["model"] == MODEL
+    assert httpx.get(f"{live.url}/v1/models").status_code == 401
+
+
+def test_each_request_is_logged(client, caplog):
+    with caplog.at_level(logging.INFO, logger="grit.serve"):
+        client.embeddings.create(model=MODEL, input="logged")
+
+        def logged() -> bool:
+            return any("POST /v1/embeddings 200" in r.getMessage() for r in caplog.records)
+
+        wait_until(logged, 5, "the request's log line")  # written once the response has been sent
+    line = next(r.getMessage() for r in caplog.records if "POST /v1/embeddings 200" in r.getMessage())
+    assert "inputs=1" in line and "tokens=" in line
+
+
+# --- concurrency -----------------------------------------------------------------------------------------------
+
+
+def test_parallel_clients_mixing_embeddings_and_chat(live, tiny_grit):
+    texts = ["parallel one", "the second text, a little longer", "three"]
+    chats = [[{"role": "user", "content": f"Question number {i}?"}] for i in range(5)]
+    want_vectors = tiny_grit.encode(texts)
+    want_answers = [tiny_grit.generate(c, max_new_tokens=8, temperature=1.0, seed=i) for i, c in enumerate(chats)]
+
+    def embed(i: int):
+        with OpenAI(base_url=f"{live.url}/v1", api_key=API_KEY, max_retries=0, timeout=60) as c:
+            return vectors(c.embeddings.create(model=MODEL, input=texts[i]))[0]
+
+    def chat(i: int, stream: bool):
+        with OpenAI(base_url=f"{live.url}/v1", api_key=API_KEY, max_retries=0, timeout=60) as c:
+            r = c.chat.completions.create(model=MODEL, messages=chats[i], temperature=1.0, seed=i, max_tokens=8,
+                                          stream=stream)  # fmt: skip
+            return "".join(x.choices[0].delta.content or "" for x in r) if stream else r.choices[0].message.content
+
+    with ThreadPoolExecutor(8) as pool:
+        embedded = [pool.submit(embed, i) for i in range(3)]
+        answered = [pool.submit(chat, i, stream=i >= 3) for i in range(5)]
+        got_vectors = np.array([f.result(timeout=60) for f in embedded])
+        got_answers = [f.result(timeout=60) for f in answered]
+    assert row_cosines(got_vectors, want_vectors).min() >= 0.9999
+    assert got_answers == want_answers
+    wait_until(lambda: live.server.admission.inside == 0, 5, "all requests to leave")
+
+
+def test_seeded_answers_are_reproducible_when_generations_interleave(live, client, tiny_grit):
+    """Two seeded chats released together advance token by token in turn; each must still get its own seed's
+    answer (the sampling generator is global, so each generation's state must survive the other's turns)."""
+    server = live.server
+    seeds = [1, 2]
+    want = [tiny_grit.generate(CHAT, max_new_tokens=16, temperature=1.0, seed=s) for s in seeds]
+    got: list = [None, None]
+
+    def chat(i: int) -> None:
+        r = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=16, temperature=1.0, seed=seeds[i])
+        got[i] = r.choices[0].message.content
+
+    threads = [threading.Thread(target=chat, args=(i,)) for i in range(2)]
+    with server.gate.hold():
+        for t in threads:
+            t.start()
+        wait_until(lambda: server.gate.waiting == 2, 10, "both chats to wait for the model")
+    for t in threads:
+        t.join(30)
+    assert want[0] != want[1]
+    assert got == want
+
+
+def test_finished_streams_leave_the_server_without_garbage_collection(live, client):
+    """The official client closes the connection as soon as it has read ``data: [DONE]``, which can cancel the
+    server's stream before its cleanup ran. Each stream must still give its place back at once, not whenever the
+    garbage collector finds the abandoned response."""
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(6):
+            chunks = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=4, stream=True, seed=i)
+            assert "".join(c.choices[0].delta.content or "" for c in chunks)
+        wait_until(lambda: live.server.admission.inside == 0, 3, "the finished streams to leave the server")
+    finally:
+        gc.enable()

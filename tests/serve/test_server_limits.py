@@ -1,0 +1,341 @@
+"""The server under bad input, overload, queued work and clients that leave: every failure is an OpenAI error body
+with the right status, queued embeddings share a batch, and a disconnect stops generation."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+
+import openai
+import pytest
+from openai import OpenAI
+
+from grit.serve.app import create_app
+from grit.serve.config import ServeConfig
+
+from .conftest import MAX_BODY_BYTES, MAX_INPUT_TOKENS, MAX_INPUTS, MAX_TOKENS_CAP
+from .serveutil import API_KEY, MODEL, assert_error_body, httpx, row_cosines, serve, sse_data, vectors, wait_until
+
+USER = [{"role": "user", "content": "Hello there"}]
+
+# --- bad requests ----------------------------------------------------------------------------------------------
+
+BAD_REQUESTS = {
+    "empty input string": ("/v1/embeddings", {"input": ""}, "empty"),
+    "blank input string": ("/v1/embeddings", {"input": ["ok", "   "]}, "input[1] is empty"),
+    "empty input list": ("/v1/embeddings", {"input": []}, "empty"),
+    "float token ids": ("/v1/embeddings", {"input": [1.5]}, "input"),
+    "object input": ("/v1/embeddings", {"input": {"a": 1}}, "input"),
+    "missing input": ("/v1/embeddings", {"model": MODEL}, "'input' is required"),
+    "input over the token limit": ("/v1/embeddings", {"input": "word " * 200}, f"the limit is {MAX_INPUT_TOKENS}"),
+    "too many inputs": ("/v1/embeddings", {"input": ["a"] * (MAX_INPUTS + 1)}, f"at most {MAX_INPUTS}"),
+    "dimensions over the model's": ("/v1/embeddings", {"input": "a", "dimensions": 65}, "dimensions"),
+    "zero dimensions": ("/v1/embeddings", {"input": "a", "dimensions": 0}, "dimensions"),
+    "unknown encoding": ("/v1/embeddings", {"input": "a", "encoding_format": "int8"}, "encoding_format"),
+    "missing messages": ("/v1/chat/completions", {"model": MODEL}, "'messages' is required"),
+    "no messages": ("/v1/chat/completions", {"messages": []}, "messages"),
+    "unknown role": ("/v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}]}, "messages"),
+    "image content": (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+        "only text content",
+    ),
+    "max_tokens over the cap": (
+        "/v1/chat/completions",
+        {"messages": USER, "max_tokens": MAX_TOKENS_CAP + 1},
+        f"cap of {MAX_TOKENS_CAP}",
+    ),
+    "chat prompt over the context": (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "word " * 600}]},
+        "context",
+    ),
+    "max_tokens zero": ("/v1/chat/completions", {"messages": USER, "max_tokens": 0}, "max_tokens"),
+    "n=2": ("/v1/chat/completions", {"messages": USER, "n": 2}, "n must be 1"),
+    "five stop strings": ("/v1/chat/completions", {"messages": USER, "stop": list("abcde")}, "at most 4 stop"),
+    "temperature 3": ("/v1/chat/completions", {"messages": USER, "temperature": 3}, "temperature"),
+    "logprobs": ("/v1/chat/completions", {"messages": USER, "logprobs": True}, "logprobs"),
+    "tools": ("/v1/chat/completions", {"messages": USER, "tools": [{"type": "function"}]}, "tools"),
+    "two prompts": ("/v1/completions", {"prompt": ["a", "b"]}, "one string"),
+    "echo": ("/v1/completions", {"prompt": "a", "echo": True}, "echo"),
+    "completion max_tokens over the cap": (
+        "/v1/completions",
+        {"prompt": "a", "max_tokens": MAX_TOKENS_CAP + 1},
+        f"cap of {MAX_TOKENS_CAP}",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_request_is_400_with_an_openai_error_body(http, case):
+    path, body, says = BAD_REQUESTS[case]
+    error = assert_error_body(http.post(path, json=body), 400, "invalid_request_error")
+    assert says in error["message"]
+    assert set(error) >= {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize("bad_id", [-1, 10_000])
+def test_token_ids_outside_the_vocabulary_are_400(http, bad_id):
+    for given in ([5, bad_id], [[5], [6, bad_id]]):
+        response = http.post("/v1/embeddings", json={"input": given})
+        error = assert_error_body(response, 400, "invalid_request_error")
+        assert f"token id {bad_id} is outside" in error["message"] and error["param"] == "input"
+
+
+def test_empty_input_raises_bad_request_error(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model=MODEL, input="")
+    assert e.value.status_code == 400 and e.value.type == "invalid_request_error" and e.value.param == "input"
+
+
+def test_empty_input_list_raises_bad_request_error(client):
+    with pytest.raises(openai.BadRequestError, match="empty"):
+        client.embeddings.create(model=MODEL, input=[])
+
+
+def test_non_integer_token_ids_raise_bad_request_error(client):
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model=MODEL, input=[1.5])
+
+
+def test_over_long_input_raises_bad_request_error(client):
+    with pytest.raises(openai.BadRequestError, match=f"limit is {MAX_INPUT_TOKENS}"):
+        client.embeddings.create(model=MODEL, input="word " * 200)
+
+
+def test_max_tokens_over_the_cap_raises_bad_request_error(client):
+    with pytest.raises(openai.BadRequestError, match="cap") as e:
+        client.chat.completions.create(model=MODEL, messages=USER, max_tokens=MAX_TOKENS_CAP + 1)
+    assert e.value.param == "max_tokens"
+
+
+def test_n_2_raises_bad_request_error(client):
+    with pytest.raises(openai.BadRequestError, match="n must be 1"):
+        client.chat.completions.create(model=MODEL, messages=USER, n=2)
+
+
+@pytest.mark.parametrize("route", ["embeddings", "chat", "completions", "retrieve"])
+def test_unknown_model_is_404(client, route):
+    calls = {
+        "embeddings": lambda: client.embeddings.create(model="gpt-4o", input="a"),
+        "chat": lambda: client.chat.completions.create(model="gpt-4o", messages=USER, max_tokens=2),
+        "completions": lambda: client.completions.create(model="gpt-4o", prompt="a", max_tokens=2),
+        "retrieve": lambda: client.models.retrieve("gpt-4o"),
+    }
+    with pytest.raises(openai.NotFoundError, match="gpt-4o") as e:
+        calls[route]()
+    assert e.value.status_code == 404 and e.value.type == "not_found_error"
+
+
+def test_unknown_route_is_404_with_an_error_body(http):
+    assert_error_body(http.post("/v1/images/generations", json={}), 404, "not_found_error")
+
+
+def test_invalid_json_is_400(http):
+    response = http.post("/v1/embeddings", content=b'{"input": ', headers={"Content-Type": "application/json"})
+    assert "not valid JSON" in assert_error_body(response, 400, "invalid_request_error")["message"]
+
+
+def test_wrong_api_key_raises_authentication_error(live):
+    with OpenAI(base_url=f"{live.url}/v1", api_key="sk-wrong", max_retries=0) as wrong:
+        with pytest.raises(openai.AuthenticationError) as e:
+            wrong.embeddings.create(model=MODEL, input="a")
+    assert e.value.status_code == 401 and e.value.type == "authentication_error"
+
+
+def test_missing_api_key_is_401(live):
+    for path, body in [("/v1/embeddings", {"input": "a"}), ("/v1/chat/completions", {"messages": USER})]:
+        assert_error_body(httpx.post(live.url + path, json=body), 401, "authentication_error")
+    assert_error_body(httpx.get(f"{live.url}/v1/models"), 401, "authentication_error")
+    other_scheme = {"Authorization": f"Basic {API_KEY}"}
+    assert_error_body(httpx.get(f"{live.url}/v1/models", headers=other_scheme), 401, "authentication_error")
+
+
+def test_body_over_the_limit_is_413(http, client):
+    big = "x" * (MAX_BODY_BYTES + 1)
+    assert_error_body(http.post("/v1/embeddings", json={"input": big}), 413, "invalid_request_error")
+    with pytest.raises(openai.APIStatusError) as e:
+        client.embeddings.create(model=MODEL, input=big)
+    assert e.value.status_code == 413
+
+
+def test_chunked_body_over_the_limit_is_413(http):
+    """A body without Content-Length (chunked transfer encoding) is held to the same limit."""
+    chunks = (b'{"input": "' + b"x" * (MAX_BODY_BYTES + 1) + b'"}' for _ in range(1))
+    response = http.post("/v1/embeddings", content=chunks, headers={"Content-Type": "application/json"})
+    assert_error_body(response, 413, "invalid_request_error")
+
+
+def test_chunked_body_under_the_limit_is_served(http):
+    chunks = iter([b'{"input": ', b'"chunked"}'])
+    response = http.post("/v1/embeddings", content=chunks, headers={"Content-Type": "application/json"})
+    assert response.status_code == 200 and len(response.json()["data"]) == 1
+
+
+def test_server_still_answers_after_bad_requests(live, client):
+    assert len(client.embeddings.create(model=MODEL, input="still here").data) == 1
+    assert client.chat.completions.create(model=MODEL, messages=USER, max_tokens=2).usage.completion_tokens >= 1
+    assert live.server.admission.inside == 0  # no refused request kept a place
+
+
+# --- overload --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def narrow(tiny_grit):
+    """A server that admits one request at a time."""
+    with serve(create_app(tiny_grit, ServeConfig(model_name=MODEL, max_pending=1, retry_after_s=3))) as running:
+        yield running
+
+
+def test_overload_is_503_with_retry_after_then_recovers(narrow):
+    server = narrow.server
+    results: dict = {}
+    with OpenAI(base_url=f"{narrow.url}/v1", api_key="unused", max_retries=0, timeout=60) as client:
+
+        def first() -> None:
+            results["first"] = client.embeddings.create(model=MODEL, input="first in")
+
+        with server.gate.hold():
+            thread = threading.Thread(target=first)
+            thread.start()
+            wait_until(lambda: server.admission.inside == 1, 10, "the first request to be admitted")
+            with pytest.raises(openai.APIStatusError) as e:
+                client.embeddings.create(model=MODEL, input="one too many")
+            assert e.value.status_code == 503 and e.value.response.headers["retry-after"] == "3"
+            assert e.value.type == "overloaded_error"
+            streamed = httpx.post(f"{narrow.url}/v1/chat/completions", json={"messages": USER, "stream": True})
+            assert_error_body(streamed, 503, "overloaded_error")
+            assert streamed.headers["retry-after"] == "3"
+        thread.join(30)
+        assert len(results["first"].data) == 1
+        assert len(client.embeddings.create(model=MODEL, input="later").data) == 1
+        assert client.chat.completions.create(model=MODEL, messages=USER, max_tokens=2).choices[0].message
+    assert server.admission.inside == 0
+
+
+# --- batching --------------------------------------------------------------------------------------------------
+
+
+def test_queued_embedding_requests_run_as_one_batch(live, client, tiny_grit):
+    server = live.server
+    texts = ["one", "two words", "a somewhat longer third text", "4", "the fifth of six texts here", "six!"]
+    instruction = "Represent the text"
+    results: list = [None] * len(texts)
+
+    def embed(i: int) -> None:
+        response = client.embeddings.create(model=MODEL, input=texts[i], extra_body={"instruction": instruction})
+        results[i] = vectors(response)[0]
+
+    before = server.batcher.batches
+    threads = [threading.Thread(target=embed, args=(i,)) for i in range(len(texts))]
+    with server.gate.hold():
+        for t in threads:
+            t.start()
+        wait_until(
+            lambda: server.admission.inside == len(texts) and server.gate.waiting == 1,
+            10,
+            "all requests to queue behind the held model",
+        )
+        wait_until(lambda: server.batcher._jobs.qsize() == len(texts) - 1, 5, "the jobs to be queued")
+    for t in threads:
+        t.join(30)
+    assert server.batcher.batches == before + 1
+    assert row_cosines(results, tiny_grit.encode(texts, instruction)).min() >= 0.9999
+
+
+def test_different_instructions_queued_together_run_as_one_batch_each(live, client, tiny_grit):
+    server = live.server
+    jobs = [("alpha", "first instruction"), ("beta", "second instruction"), ("gamma", "first instruction")]
+    results: list = [None] * len(jobs)
+
+    def embed(i: int) -> None:
+        text, instruction = jobs[i]
+        results[i] = vectors(client.embeddings.create(model=MODEL, input=text,
+                                                      extra_body={"instruction": instruction}))[0]  # fmt: skip
+
+    before = server.batcher.batches
+    threads = [threading.Thread(target=embed, args=(i,)) for i in range(len(jobs))]
+    with server.gate.hold():
+        for t in threads:
+            t.start()
+        wait_until(lambda: server.admission.inside == len(jobs) and server.gate.waiting == 1, 10, "queued requests")
+        wait_until(lambda: server.batcher._jobs.qsize() == len(jobs) - 1, 5, "the jobs to be queued")
+    for t in threads:
+        t.join(30)
+    assert server.batcher.batches == before + 2
+    for (text, instruction), got in zip(jobs, results, strict=True):
+        assert row_cosines([got], [tiny_grit.encode(text, instruction)]).min() >= 0.9999
+
+
+# --- a client that leaves --------------------------------------------------------------------------------------
+
+LONG = [{"role": "user", "content": "Write a long story about the logging module."}]
+
+
+def test_client_disconnect_stops_a_streamed_generation(live, client, http, monkeypatch):
+    server = live.server
+    original = server.gate.between_tokens
+    calls, delay = [0], [0.0]
+
+    def slow_between_tokens() -> None:
+        calls[0] += 1
+        time.sleep(delay[0])
+        original()
+
+    monkeypatch.setattr(server.gate, "between_tokens", slow_between_tokens)
+    whole = client.chat.completions.create(model=MODEL, messages=LONG, temperature=0, max_tokens=64)
+    assert whole.usage.completion_tokens == 64 and calls[0] >= 63  # uninterrupted, this prompt runs 64 tokens
+
+    calls[0], delay[0] = 0, 0.02  # now slowly: 64 tokens would take well over a second
+    body = {"model": MODEL, "messages": LONG, "temperature": 0, "max_tokens": 64, "stream": True}
+    gc.disable()  # the place must be given back by the stream's own cleanup, not by a collected response
+    try:
+        with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            for event in sse_data(response.iter_lines()):
+                if event != "[DONE]" and event["choices"] and event["choices"][0]["delta"].get("content"):
+                    break
+            else:
+                raise AssertionError("the stream ended before any content")
+            at_first_content = calls[0]
+        wait_until(lambda: server.admission.inside == 0, 5, "the abandoned stream to leave the server")
+    finally:
+        gc.enable()
+    time.sleep(0.3)  # the generation thread would go on counting if it had not stopped
+    assert calls[0] < 32, f"{calls[0]} tokens generated after a disconnect at token {at_first_content}"
+    assert len(client.embeddings.create(model=MODEL, input="after the disconnect").data) == 1
+
+
+def test_an_embedding_is_not_stuck_behind_more_chats_than_worker_threads(live, client, monkeypatch):
+    """Non-streamed chats each keep a thread busy for their whole generation; with more of them than asyncio's
+    default executor has threads, an embedding request must still go first (after about one token), not wait
+    for a chat to end."""
+    server = live.server
+    original = server.gate.between_tokens
+
+    def slow_between_tokens() -> None:
+        time.sleep(0.01)
+        original()
+
+    monkeypatch.setattr(server.gate, "between_tokens", slow_between_tokens)
+    chats = min(32, (os.cpu_count() or 1) + 4) + 1  # asyncio's default executor size, plus one
+    finished: list[float] = []
+
+    def chat() -> None:
+        client.chat.completions.create(model=MODEL, messages=LONG, temperature=0, max_tokens=10)
+        finished.append(time.monotonic())
+
+    threads = [threading.Thread(target=chat) for _ in range(chats)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: server.gate.waiting >= chats - 2, 20, "the chats to be generating")
+    time.sleep(0.1)
+    client.embeddings.create(model=MODEL, input="me first")
+    embedded = time.monotonic()
+    for t in threads:
+        t.join(60)
+    assert len(finished) == chats
+    assert embedded < min(finished), f"the embedding ended {embedded - min(finished):.2f}s after the first chat"
