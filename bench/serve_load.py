@@ -9,7 +9,8 @@ Phases, one after the other:
   2. embeddings: ``--embed-requests`` requests of 8 STS-B sentences from ``--clients`` concurrent clients;
   3. mixed: chats (``--chat-tokens`` new tokens each, greedy) and a fifth as many embedding requests, all at once
      from ``--clients`` clients, so embeddings run between decoding steps.
-The server's resident memory is read from /proc before phase 2 and after phase 3 (target: no growth beyond 10%).
+The server's resident memory is read from /proc after a warm-up burst on both routes at full concurrency and after
+phase 3 (target: no growth beyond 10%).
 Texts are real: STS-B test sentences and the questions of the AdversarialQA set from ../shared/data.
 """
 
@@ -141,7 +142,11 @@ def main() -> None:
                 temperature=0,
             )  # fmt: skip
 
-        embed(batches[0])()  # warm-up
+        # Warm-up at full concurrency on both routes, so "before" already holds the buffers a loaded server keeps
+        # (allocator arenas of every worker thread, the largest batch's activations): growth after it is a leak.
+        warm = [("embeddings", embed(b)) for b in batches[: args.clients]]
+        warm += [("chat", chat(q)) for q in questions[: min(args.clients, args.chats)]]
+        run_load(warm, args.clients)
         memory_before = rss_mib(server.pid)
         # 2. embeddings only
         wall, results = run_load([("embeddings", embed(b)) for b in batches], args.clients)

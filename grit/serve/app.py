@@ -70,7 +70,9 @@ def create_app(model: GritModel, config: ServeConfig | None = None, rag=None) ->
         config=config,
         name=config.model_name or model.path.name,
         gate=gate,
-        batcher=EmbeddingBatcher(model, gate, config.max_batch_texts, config.embed_batch_size),
+        batcher=EmbeddingBatcher(
+            model, gate, config.max_batch_texts, config.embed_batch_size, config.batch_wait_ms / 1000
+        ),
         admission=Admission(config.max_pending),
         rag=rag,
         created=int(time.time()),

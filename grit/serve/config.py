@@ -24,6 +24,7 @@ class ServeConfig:
     max_tokens_cap: int = 2048  # the largest max_tokens a generation request may ask for
     max_body_bytes: int = 16 * 1024 * 1024
     max_batch_texts: int = 256  # texts one embedding batch may gather from queued requests
+    batch_wait_ms: float = 10.0  # how long a batch that has the model waits for more requests
     embed_batch_size: int = 32  # texts per forward pass inside a batch
     default_instruction: str = ""  # embedding instruction when a request names none
     rag_cache: str = "doc"  # cache mode of the RAG route when a request names none
@@ -34,6 +35,8 @@ class ServeConfig:
                      "embed_batch_size"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_wait_ms < 0:
+            raise ValueError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
         if self.max_input_tokens < 0:
             raise ValueError(f"max_input_tokens must be >= 0, got {self.max_input_tokens}")
         if self.api_key == "":

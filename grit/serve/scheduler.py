@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -140,11 +141,14 @@ class EmbeddingJob:
 class EmbeddingBatcher:
     """Runs embedding requests from many callers as few ``model.encode`` calls (see the module docstring)."""
 
-    def __init__(self, model, gate: FairGate, max_batch_texts: int = 256, batch_size: int = 32) -> None:
+    def __init__(
+        self, model, gate: FairGate, max_batch_texts: int = 256, batch_size: int = 32, max_wait_s: float = 0.01
+    ) -> None:
         self.model = model
         self.gate = gate
         self.max_batch_texts = max_batch_texts
         self.batch_size = batch_size
+        self.max_wait_s = max_wait_s  # how long a batch waits for stragglers once it has the model
         self._jobs: queue.SimpleQueue[EmbeddingJob | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="grit-embed", daemon=True)
         self._thread.start()
@@ -163,9 +167,13 @@ class EmbeddingBatcher:
     def _take_waiting(self, first: EmbeddingJob) -> tuple[list[EmbeddingJob], bool]:
         """``first`` and the jobs queued behind it, up to ``max_batch_texts`` texts; and whether close() was seen."""
         jobs, count = [first], len(first.texts)
+        # Clients whose answers just came back send their next request within milliseconds; waiting that long
+        # makes the batch larger (fewer, fuller forward passes, less padding after sorting by length).
+        deadline = time.monotonic() + self.max_wait_s
         while count < self.max_batch_texts:
+            remaining = deadline - time.monotonic()
             try:
-                job = self._jobs.get_nowait()
+                job = self._jobs.get(timeout=remaining) if remaining > 0 else self._jobs.get_nowait()
             except queue.Empty:
                 break
             if job is None:
