@@ -29,9 +29,9 @@ def test_every_mode_and_source_is_scored(tiny_grit, eval_data):
     assert 0 <= scores.metrics["recall@1"] <= scores.metrics["recall@2"] <= 1
     cached = [f"{m}/{s}" for m in ("doc", "query", "doc_query", "query_doc") for s in ("causal", "bidirectional")]
     expected = {"recall@1", "recall@2", "none/exact_match", "none/f1", "none/seconds"}
-    expected |= {f"{c}/{metric}" for c in cached for metric in ("exact_match", "f1", "seconds", "agree")}
+    expected |= {f"{c}/{metric}" for c in cached for metric in ("exact_match", "f1", "seconds", "agree", "agree_f1")}
     assert set(scores.metrics) == expected
-    assert all(0 <= scores.metrics[f"{c}/agree"] <= 1 for c in cached)
+    assert all(0 <= scores.metrics[f"{c}/agree"] <= scores.metrics[f"{c}/agree_f1"] <= 1 for c in cached)
 
 
 def test_retrieval_finds_a_planted_passage(tiny_grit, tmp_path):
