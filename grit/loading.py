@@ -158,9 +158,35 @@ def resolve_model_path(path: str | os.PathLike | None) -> Path:
         if p.suffix != ".gguf":
             raise UnsupportedModelError(f"model path {str(p)!r} is a file but not .gguf; {expected}")
         return convert_gguf(p)
-    if not (p / "config.json").is_file():
-        raise ModelNotFoundError(f"model folder {str(p)!r} has no config.json; {expected}")
+    if not (p / "config.json").is_file() and not (p / ADAPTER_CONFIG).is_file():
+        raise ModelNotFoundError(f"model folder {str(p)!r} has no config.json; {expected} (or a peft adapter folder)")
     return p
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def adapter_base(folder: Path) -> Path | None:
+    """For a peft adapter folder (``adapter_config.json``, no ``config.json``): the folder of its base model, as the
+    adapter records it (``base_model_name_or_path``; relative paths are taken from the adapter folder). None for a
+    full model folder. Hub names cannot be fetched offline, so the base must be a local folder or .gguf file."""
+    if (folder / "config.json").is_file() or not (folder / ADAPTER_CONFIG).is_file():
+        return None
+    config = json.loads((folder / ADAPTER_CONFIG).read_text())
+    if config.get("peft_type") != "LORA":
+        kind = config.get("peft_type")
+        raise UnsupportedModelError(f"adapter {str(folder)!r} is {kind!r}; grit loads LoRA adapters")
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise ModelNotFoundError(f"adapter {str(folder)!r} does not name its base model (base_model_name_or_path)")
+    path = Path(base).expanduser()
+    path = path if path.is_absolute() else (folder / path)
+    if not path.exists():
+        raise ModelNotFoundError(
+            f"adapter {str(folder)!r} needs its base model {base!r}, which is not there; pass a folder that holds "
+            "the base weights, or the trainer's merged `final/` folder"
+        )
+    return resolve_model_path(path)
 
 
 def decoder_model_types() -> set[str]:

@@ -56,19 +56,27 @@ class GritModel:
         bidirectional: bool = True,
     ) -> GritModel:
         """Open a model: ``None`` for the default (SmolLM2-135M-Instruct, converted once from its GGUF file into
-        ``$GRIT_CACHE``), a Hugging Face folder, or a ``.gguf`` file.
+        ``$GRIT_CACHE``), a Hugging Face folder, a ``.gguf`` file, or a LoRA adapter folder (``grit train``'s
+        ``adapter/``, any peft LoRA folder) whose recorded base model is on this machine: merged in at load.
 
         Raises ``ModelNotFoundError`` for a missing path and ``UnsupportedModelError`` for a non-decoder model.
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         folder = loading.resolve_model_path(path)
-        loading.check_architecture(folder)
+        base = loading.adapter_base(folder)  # a LoRA adapter folder: merged into its base model at load
+        loading.check_architecture(base or folder)
         device = hardware.resolve_device(device)
         dtype = hardware.resolve_dtype(dtype, device)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(folder)
-            lm = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+            has_tokenizer = any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+            tokenizer = AutoTokenizer.from_pretrained(folder if has_tokenizer or base is None else base)
+            lm = AutoModelForCausalLM.from_pretrained(base or folder, dtype=dtype)
+            if base is not None:
+                from peft import PeftModel
+
+                lm = PeftModel.from_pretrained(lm, folder).merge_and_unload()
+            lm = lm.to(device).eval()
         except (OSError, ValueError) as e:  # transformers' own message, on one line, with the path in front
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise loading.UnsupportedModelError(f"cannot load model from {str(folder)!r}: {first_line}") from e

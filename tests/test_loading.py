@@ -1,6 +1,8 @@
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from grit import GritModel, ModelNotFoundError, UnsupportedModelError, loading
 
@@ -119,3 +121,38 @@ def test_atomic_write_replaces_or_keeps(tmp_path):
     loading.write_folder_atomically(target, writer("three"), replace=False)
     assert (target / "f.txt").read_text() == "two"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary or old folders left behind
+
+
+def lora_adapter(base_path, folder):
+    """A LoRA adapter on the tiny model with non-zero updates (peft starts B at 0 unless told not to), saved to
+    ``folder``; returns the merged model for reference."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(base_path)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft = get_peft_model(lm, config)
+    peft.save_pretrained(folder)
+    return peft.merge_and_unload()
+
+
+def test_a_lora_adapter_folder_loads_merged_into_its_base(tiny_model_path, tiny_grit, tmp_path):
+    merged = lora_adapter(tiny_model_path, tmp_path / "adapter")
+    model = GritModel.load(tmp_path / "adapter")
+    assert model.path == tmp_path / "adapter" and not hasattr(model.lm, "peft_config")
+    for name, weight in merged.state_dict().items():
+        assert torch.equal(model.lm.state_dict()[name], weight), name
+    texts = ["the adapter changes the attention", "a second text"]
+    assert not np.allclose(model.encode(texts), tiny_grit.encode(texts), atol=1e-4)  # the update is really there
+
+
+def test_an_adapter_whose_base_is_missing_or_not_lora_is_refused(tiny_model_path, tmp_path):
+    lora_adapter(tiny_model_path, tmp_path / "adapter")
+    config_path = tmp_path / "adapter" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "base_model_name_or_path": str(tmp_path / "gone")}))
+    with pytest.raises(ModelNotFoundError, match="needs its base model .*gone.*, which is not there"):
+        GritModel.load(tmp_path / "adapter")
+    config_path.write_text(json.dumps({**config, "peft_type": "PREFIX_TUNING"}))
+    with pytest.raises(UnsupportedModelError, match="grit loads LoRA adapters"):
+        GritModel.load(tmp_path / "adapter")

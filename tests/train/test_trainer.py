@@ -66,6 +66,9 @@ def test_lora_trains_only_the_adapters_and_the_merged_model_loads(tiny_model_pat
     texts = ["A man is playing a guitar.", "Two dogs run in the snow."]
     trained, base = model.encode(texts), tiny_grit.encode(texts)
     assert trained.shape == base.shape and not np.allclose(trained, base, atol=1e-4)
+    # The adapter folder alone opens too (merged into its recorded base at load) and gives the same model.
+    from_adapter = GritModel.load(tmp_path / "adapter", dtype="float32", device="cpu")
+    assert np.allclose(from_adapter.encode(texts), trained, atol=1e-5)
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "contrastive").is_dir(), reason="needs ../shared/data")
