@@ -236,12 +236,14 @@ class RAG:
         seconds["prepare"] = time.perf_counter() - start
         return hits, layout, seconds
 
-    def _generate_args(self, layout: Layout):
-        ids = torch.tensor([layout.ids], device=self.model.device)
-        if not layout.spans:
-            return ids, None
-        cache, _ = join_caches(self.model.lm.base_model, layout.spans, self.reposition)
-        return ids, cache
+    def _generate_args(self, question: str, k: int, cache: CacheMode, max_new_tokens: int, gate: Gate | None):
+        """Hits, layout and timings of ``prepare``, with the prompt ids (1, T) and the joined cache (or None) that
+        generation starts from; under ``gate`` when the model is shared."""
+        with gate.hold() if gate is not None else nullcontext():
+            hits, layout, seconds = self.prepare(question, k, cache, max_new_tokens)
+            ids = torch.tensor([layout.ids], device=self.model.device)
+            past = join_caches(self.model.lm.base_model, layout.spans, self.reposition)[0] if layout.spans else None
+        return hits, layout, seconds, ids, past
 
     def answer(
         self,
@@ -260,9 +262,7 @@ class RAG:
         """Retrieve ``k`` chunks and answer from them. Returns the text, the hits with scores, and timings.
         ``gate``: the model's lock when it is shared (a server); held for retrieval, offered after each token."""
         params = SamplingParams(max_new_tokens, temperature, top_p, stop or [], seed, min_new_tokens)
-        with gate.hold() if gate is not None else nullcontext():
-            hits, layout, seconds = self.prepare(question, k, cache, max_new_tokens)
-            ids, past = self._generate_args(layout)
+        hits, layout, seconds, ids, past = self._generate_args(question, k, cache, max_new_tokens, gate)
         start = time.perf_counter()
         result = generation.complete(self.model.lm, self.model.tokenizer, ids, params, past, gate=gate)
         seconds["generate"] = time.perf_counter() - start
@@ -284,9 +284,7 @@ class RAG:
     ) -> tuple[list, Iterator[str]]:
         """The hits, and an iterator of answer pieces (``outcome`` is filled in when it ends)."""
         params = SamplingParams(max_new_tokens, **sampling)
-        with gate.hold() if gate is not None else nullcontext():
-            hits, layout, _ = self.prepare(question, k, cache, max_new_tokens)
-            ids, past = self._generate_args(layout)
+        hits, _, _, ids, past = self._generate_args(question, k, cache, max_new_tokens, gate)
         pieces = generation.stream_text(self.model.lm, self.model.tokenizer, ids, params, cancel, past, gate, outcome)
         return hits, pieces
 
