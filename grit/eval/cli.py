@@ -34,6 +34,11 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--baselines", action="store_true", help="also run all-MiniLM-L6-v2 and BM25 on the same tasks")
     p.add_argument("--data", type=Path, help="shared data folder (default: $GRIT_DATA or ../shared/data)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write cached corpus embeddings")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the results already in --out and skip the tasks they hold for the same model and settings",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 (default: auto)")
     p.set_defaults(handler=eval_command)
@@ -63,8 +68,10 @@ def eval_command(args: argparse.Namespace) -> int:
         tasks = [t for t in tasks if t.name in wanted]
     model = GritModel.load(None if args.model == "default" else args.model, dtype=args.dtype, device=args.device)
     baselines = default_baselines() if args.baselines else []
+    if args.resume and not args.out:
+        raise ValueError("--resume needs --out: the folder whose results to continue")
     out = args.out or default_out_dir(args.model, args.suite)
-    run(model, tasks, out, baselines=baselines, use_cache=not args.no_cache)
+    run(model, tasks, out, baselines=baselines, use_cache=not args.no_cache, resume=args.resume)
     print((out / "results.md").read_text())
     return 0
 

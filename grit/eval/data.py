@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from grit.splits import is_held_out
+
 T = TypeVar("T")
 
 
@@ -154,8 +156,9 @@ def read_classification(path: str | os.PathLike) -> list[LabeledText]:
     ]
 
 
-def read_rag(path: str | os.PathLike) -> list[QaExample]:
-    """Questions with the passage that answers them and one or more gold answers."""
+def read_rag(path: str | os.PathLike, heldout_only: bool = False) -> list[QaExample]:
+    """Questions with the passage that answers them and one or more gold answers (``heldout_only``: only the rows
+    ``grit.splits`` keeps out of training)."""
     return [
         QaExample(
             str(field(r, "id", (str, int), path, n)),
@@ -165,17 +168,20 @@ def read_rag(path: str | os.PathLike) -> list[QaExample]:
             field(r, "title", str, path, n, nonempty=False) if "title" in r else "",
         )
         for n, r in read_jsonl(path)
+        if not heldout_only or is_held_out(r)
     ]
 
 
-def read_generative(path: str | os.PathLike) -> list[Conversation]:
+def read_generative(path: str | os.PathLike, heldout_only: bool = False) -> list[Conversation]:
     """Conversations: ``text`` holds user and assistant turns in turn, user first, ending with an assistant turn.
 
     Empty turns are accepted here (the P3 mix has 280 empty targets, all from trec_* templates); the tasks count
-    and leave out what they cannot score.
+    and leave out what they cannot score. ``heldout_only``: only the rows ``grit.splits`` keeps out of training.
     """
     rows = []
     for n, r in read_jsonl(path):
+        if heldout_only and not is_held_out(r):
+            continue
         turns = string_list(r, "text", path, n, min_len=2, allow_empty=True)
         if len(turns) % 2:
             raise DataFormatError(path, n, f"field 'text' has {len(turns)} turns; expected user/assistant pairs")

@@ -80,6 +80,7 @@ class PerplexityTask:
     name: str
     path: Path
     limit: int | None = None  # conversations
+    heldout_only: bool = False  # score only the rows grit.splits keeps out of training (for training files)
     batch_size: int = 4  # the (B, T, vocab) logits dominate memory: 4 x 512 x 49k floats is ~400 MB
 
     def __post_init__(self) -> None:
@@ -98,7 +99,7 @@ class PerplexityTask:
         end = end[0] if isinstance(end, list) else end
         end = model.tokenizer.eos_token_id if end is None else end
         out, cut, empty = [], 0, 0
-        for conv in data.sample(data.read_generative(self.path), self.limit):
+        for conv in data.sample(data.read_generative(self.path, self.heldout_only), self.limit):
             for turn in range(1, len(conv.turns), 2):
                 if not conv.turns[turn].strip():  # an empty answer says nothing about the text
                     empty += 1
@@ -160,6 +161,7 @@ class ReadingQATask:
     name: str
     path: Path
     limit: int | None = None  # questions
+    heldout_only: bool = False  # score only the rows grit.splits keeps out of training (for training files)
     max_new_tokens: int = 32
     prompt: str = QA_PROMPT
 
@@ -177,7 +179,7 @@ class ReadingQATask:
         return self.prompt.format(title=title, passage=ex.passage, question=ex.question)
 
     def evaluate(self, model: Any, cache: EmbeddingCache | None = None) -> Scores:
-        rows = data.sample(data.read_rag(self.path), self.limit)
+        rows = data.sample(data.read_rag(self.path, self.heldout_only), self.limit)
         answers = generate_all(model, [self.format(r) for r in rows], self.max_new_tokens, self.name)
         scored = [(first_line(a), r.answers) for a, r in zip(answers, rows, strict=True) if a is not None]
         em = [metrics.exact_match(a, gold) for a, gold in scored]
@@ -195,6 +197,7 @@ class InstructionTask:
     name: str
     path: Path
     limit: int | None = None  # conversations (the last user turn of each is answered)
+    heldout_only: bool = False  # score only the rows grit.splits keeps out of training (for training files)
     max_new_tokens: int = 64
 
     def __post_init__(self) -> None:
@@ -207,7 +210,7 @@ class InstructionTask:
         return dataclasses.replace(self, limit=min_limit(self.limit, n))
 
     def evaluate(self, model: Any, cache: EmbeddingCache | None = None) -> Scores:
-        rows = data.sample(data.read_generative(self.path), self.limit)
+        rows = data.sample(data.read_generative(self.path, self.heldout_only), self.limit)
         empty = [r for r in rows if not r.turns[-1].strip()]
         if empty:
             log.warning("%s: %d of %d references are empty and were left out", self.name, len(empty), len(rows))

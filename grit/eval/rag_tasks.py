@@ -66,6 +66,7 @@ class RagQATask:
     name: str
     path: Path
     limit: int | None = None  # questions
+    heldout_only: bool = False  # ask only the questions grit.splits keeps out of training; any passage may be indexed
     corpus_size: int | None = None  # passages indexed: the questions' own plus distractors (None: all in the file)
     k: int = 1  # passages an answer is generated from
     recall_at: tuple[int, ...] = (1, 5, 10)
@@ -94,7 +95,7 @@ class RagQATask:
 
     def evaluate(self, model: Any, cache: EmbeddingCache | None = None) -> Scores:
         everything = data.read_rag(self.path)
-        rows = data.sample(everything, self.limit)
+        rows = data.sample(data.read_rag(self.path, self.heldout_only), self.limit)
         docs = corpus(rows, everything, self.corpus_size)
         gold = {d.text: d.id for d in docs}
         longest = max(len(model.tokenizer(d.text, add_special_tokens=False)["input_ids"]) for d in docs)

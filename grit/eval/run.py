@@ -69,10 +69,11 @@ def all_tasks(data: Path) -> list[Task]:
             instructions.SST2,
             samples_per_label=32,
         ),
-        # gsm8k and the P3 mix are training sets: 500 seeded rows each, held out only if training leaves them out.
-        PerplexityTask("gsm8k-ppl", data / "generative" / "gsm8k_train.jsonl", limit=500),
-        ReadingQATask("adversarialqa", data / "rag" / "adversarialqa.jsonl"),
-        InstructionTask("p3-instructions", data / "generative" / "p3_t0_mix.jsonl.gz", limit=500),
+        # GSM8K and the P3 mix are training sets (AdversarialQA may be one): these tasks score only the rows that
+        # grit.splits holds out, which training with data.exclude_heldout never sees.
+        PerplexityTask("gsm8k-ppl", data / "generative" / "gsm8k_train.jsonl", limit=500, heldout_only=True),
+        ReadingQATask("adversarialqa", data / "rag" / "adversarialqa.jsonl", heldout_only=True),
+        InstructionTask("p3-instructions", data / "generative" / "p3_t0_mix.jsonl.gz", limit=500, heldout_only=True),
         *rag_tasks(data),
     ]
 
@@ -93,8 +94,9 @@ QUICK: dict[str, dict[str, int]] = {
 
 def rag_tasks(data: Path) -> list[Task]:
     """Retrieve-then-answer with every cache mode (``grit.eval.rag_tasks``). Nine greedy answers per question (none,
-    and four cached modes from each of two cache sources), so the full suite takes 100 questions, not all 600."""
-    return [RagQATask("adversarialqa-rag", data / "rag" / "adversarialqa.jsonl", limit=100)]
+    and four cached modes from each of two cache sources), so the full suite asks 100 of the 138 held-out questions.
+    """
+    return [RagQATask("adversarialqa-rag", data / "rag" / "adversarialqa.jsonl", limit=100, heldout_only=True)]
 
 
 # The suite results/baseline.md is made with: every embedding task at full size except the MS MARCO corpus (the
@@ -153,8 +155,14 @@ def run(
     *,
     baselines: Sequence[Any] = (),
     use_cache: bool = True,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``model`` and each baseline on every task it supports; write and return the results.
+
+    The result files are rewritten after every task, so a run that stops keeps what it finished. With ``resume``,
+    the results already in ``out_dir`` are kept and a (model, task) pair is skipped when the stored one has the same
+    model fingerprint and the same task settings: a stopped run continues, and runs of different tasks into one
+    folder add up to one table.
 
     Args:
         model: A GritModel, or anything meeting a protocol of ``grit.eval.encoders``.
@@ -162,32 +170,43 @@ def run(
         out_dir: Gets ``results.json`` (everything, with task settings) and ``results.md`` (the table).
         baselines: More models run on the same tasks in the same run, e.g. ``default_baselines()``.
         use_cache: Read and write corpus embeddings under ``$GRIT_CACHE/embeddings``.
+        resume: Keep and reuse the results already in ``out_dir`` (see above).
     Returns:
-        ``{"created", "grit_version", "host", "models", "tasks", "rows", "details", "skipped"}``; each row has
-        model, task, metric, value (None for NaN), n (examples scored) and seconds (the whole task, this model).
+        ``{"created", "grit_version", "host", "models", "fingerprints", "tasks", "rows", "details", "skipped"}``;
+        each row has model, task, metric, value (None for NaN), n (examples scored) and seconds (the whole task,
+        this model).
     """
     out = Path(out_dir)
-    rows: list[dict[str, Any]] = []
-    skipped: list[dict[str, str]] = []
-    details: dict[str, dict[str, Any]] = {}
+    results = read_results(out) if resume else None
+    results = results or {"models": [], "fingerprints": {}, "tasks": [], "rows": [], "details": {}, "skipped": []}
+    settings = {t["name"]: t for t in results["tasks"]}
     for m in [model, *baselines]:
         name = model_name(m)
-        identity = fingerprint(m) if use_cache else None
-        cache = EmbeddingCache(identity) if identity else None
+        identity = fingerprint(m) if use_cache or resume else None
+        cache = EmbeddingCache(identity) if identity and use_cache else None
+        same_model = identity is not None and results["fingerprints"].get(name) == identity
+        results["models"] = list(dict.fromkeys([*results["models"], name]))
+        results["fingerprints"][name] = identity
         for task in tasks:
             if not task.supports(m):
                 continue
+            done = any(r["model"] == name and r["task"] == task.name for r in results["rows"])
+            if same_model and done and settings.get(task.name) == task_settings(task):
+                log.info("%s on %s: kept from %s", name, task.name, out / "results.json")
+                continue
             log.info("%s on %s", name, task.name)
             start = time.perf_counter()
+            results["rows"] = [r for r in results["rows"] if (r["model"], r["task"]) != (name, task.name)]
+            results["skipped"] = [r for r in results["skipped"] if (r["model"], r["task"]) != (name, task.name)]
             try:
                 scores = task.evaluate(m, cache)
             except FileNotFoundError as e:  # a data set that is not on this machine: say so, run the rest
                 log.warning("skipping %s: %s", task.name, e)
-                skipped.append({"model": name, "task": task.name, "reason": str(e)})
+                results["skipped"].append({"model": name, "task": task.name, "reason": str(e)})
                 continue
             seconds = time.perf_counter() - start
             for metric, value in scores.metrics.items():
-                rows.append(
+                results["rows"].append(
                     {
                         "model": name,
                         "task": task.name,
@@ -197,19 +216,42 @@ def run(
                         "seconds": round(seconds, 2),
                     }
                 )
-            details[f"{name}/{task.name}"] = {"skipped_examples": scores.skipped, **scores.details}
+            results["details"][f"{name}/{task.name}"] = {"skipped_examples": scores.skipped, **scores.details}
+            settings[task.name] = task_settings(task)
             log.info("%s %s: %s (%.1f s)", name, task.name, scores.metrics, seconds)
-    results = {
+            write_results(stamped(results, settings), out)
+    results = stamped(results, settings)
+    write_results(results, out)
+    return results
+
+
+def task_settings(task: Task) -> dict[str, Any]:
+    """``describe(task)`` as it reads back from JSON (tuples become lists), so stored and new settings compare."""
+    return json.loads(json.dumps(describe(task)))
+
+
+def stamped(results: dict[str, Any], settings: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``results`` with this run's time, version and host, and the settings of every task it has rows for."""
+    return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "grit_version": grit.__version__,
         "host": platform.node(),
-        "models": [model_name(m) for m in [model, *baselines]],
-        "tasks": [describe(t) for t in tasks],
-        "rows": rows,
-        "details": details,
-        "skipped": skipped,
+        **{k: v for k, v in results.items() if k not in ("created", "grit_version", "host", "tasks")},
+        "tasks": list(settings.values()),
     }
-    write_results(results, out)
+
+
+def read_results(out: Path) -> dict[str, Any] | None:
+    """The ``results.json`` in ``out``, or None when there is none. An unreadable one raises: resuming must not
+    silently start over and overwrite hours of results."""
+    path = out / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: cannot resume from it, not valid JSON ({e})") from None
+    results.setdefault("fingerprints", {})  # written by grit before resuming existed: nothing is reused
     return results
 
 

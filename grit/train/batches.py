@@ -39,10 +39,12 @@ class Batches:
         self.embedding_sets: list[Dataset] = []
         self.generative_sets: list[Dataset] = []
         if cfg.mode != "generative":
-            self.embedding_sets = read_embedding_files(data.embedding_files, data.skip_bad_lines)
+            self.embedding_sets = read_embedding_files(data.embedding_files, data.skip_bad_lines, data.exclude_heldout)
             self.samplers["embedding"] = self.sampler("embedding", self.embedding_sets, same_dataset=True)
         if cfg.mode != "embedding":
-            self.generative_sets = read_generative_files(data.generative_files, data.skip_bad_lines)
+            self.generative_sets = read_generative_files(
+                data.generative_files, data.skip_bad_lines, data.exclude_heldout
+            )
             self.samplers["generative"] = self.sampler("generative", self.generative_sets, same_dataset=False)
         self.warned: set[str] = set()
 

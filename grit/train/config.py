@@ -83,6 +83,9 @@ class DataConfig:
     passage_max_length: int = opt(512, "Tokens per passage, instruction and format included; longer ones are cut.")
     generative_max_length: int = opt(1024, "Tokens per conversation, chat format included; longer ones are cut.")
     skip_bad_lines: bool = opt(False, "Skip malformed lines (counted and logged) instead of stopping at the first.")
+    exclude_heldout: bool = opt(
+        False, "Leave out the rows grit's evaluation holds out (grit.splits), to train on files it also scores."
+    )
 
     def __post_init__(self) -> None:
         for name in ("embedding_files", "generative_files"):

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from grit.formats import Message, as_messages
+from grit.splits import is_held_out
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ class Dataset:
 
     path: Path
     examples: list[Any]
-    skipped: int = 0
+    skipped: int = 0  # malformed lines
+    held_out: int = 0  # rows left out for evaluation (grit.splits)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -148,15 +150,18 @@ def parse_generative(obj: Any) -> GenerativeExample:
 # --- reading files -----------------------------------------------------------------------------------------------
 
 
-def read_jsonl(path: str | Path, parse: Callable[[Any], Any], skip_bad_lines: bool = False) -> Dataset:
-    """Parse every non-blank line of a ``.jsonl`` or ``.jsonl.gz`` file with ``parse``."""
+def read_jsonl(
+    path: str | Path, parse: Callable[[Any], Any], skip_bad_lines: bool = False, exclude_heldout: bool = False
+) -> Dataset:
+    """Parse every non-blank line of a ``.jsonl`` or ``.jsonl.gz`` file with ``parse``; with ``exclude_heldout``,
+    leave out the rows ``grit.splits`` keeps for evaluation."""
     path = Path(path)
     if not path.name.endswith((".jsonl", ".jsonl.gz")):
         raise ValueError(f"data file {str(path)!r} must be .jsonl or .jsonl.gz")
     if not path.is_file():
         raise FileNotFoundError(f"data file {str(path)!r} does not exist")
     opener = gzip.open if path.name.endswith(".gz") else open
-    examples, bad, first_error = [], 0, None
+    examples, bad, first_error, held_out = [], 0, None, 0
     lineno = 0
     with opener(path, "rb") as f:
         try:
@@ -165,7 +170,11 @@ def read_jsonl(path: str | Path, parse: Callable[[Any], Any], skip_bad_lines: bo
                     line = raw.decode("utf-8")
                     if not line.strip():
                         continue
-                    examples.append(parse(json.loads(line)))
+                    obj = json.loads(line)
+                    if exclude_heldout and isinstance(obj, dict) and is_held_out(obj):
+                        held_out += 1
+                        continue
+                    examples.append(parse(obj))
                 except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
                     error = DataFormatError(path, lineno, str(e))
                     if not skip_bad_lines:
@@ -176,17 +185,23 @@ def read_jsonl(path: str | Path, parse: Callable[[Any], Any], skip_bad_lines: bo
             raise DataFormatError(path, lineno + 1, f"corrupt gzip data: {e}") from None
     if bad:
         log.warning("%s: skipped %d malformed of %d lines; first: %s", path, bad, bad + len(examples), first_error)
+    if held_out:
+        log.info("%s: left out %d rows held out for evaluation (grit.splits)", path, held_out)
     if not examples:
         raise DataFormatError(path, None, "holds no valid examples")
-    return Dataset(path, examples, bad)
+    return Dataset(path, examples, bad, held_out)
 
 
-def read_embedding_files(paths: Sequence[str | Path], skip_bad_lines: bool = False) -> list[Dataset]:
-    return [read_jsonl(p, parse_embedding, skip_bad_lines) for p in paths]
+def read_embedding_files(
+    paths: Sequence[str | Path], skip_bad_lines: bool = False, exclude_heldout: bool = False
+) -> list[Dataset]:
+    return [read_jsonl(p, parse_embedding, skip_bad_lines, exclude_heldout) for p in paths]
 
 
-def read_generative_files(paths: Sequence[str | Path], skip_bad_lines: bool = False) -> list[Dataset]:
-    return [read_jsonl(p, parse_generative, skip_bad_lines) for p in paths]
+def read_generative_files(
+    paths: Sequence[str | Path], skip_bad_lines: bool = False, exclude_heldout: bool = False
+) -> list[Dataset]:
+    return [read_jsonl(p, parse_generative, skip_bad_lines, exclude_heldout) for p in paths]
 
 
 # --- batches -----------------------------------------------------------------------------------------------------

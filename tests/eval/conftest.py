@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from grit.splits import is_held_out
+
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"  # as in tests/conftest.py
 
 
@@ -73,11 +75,15 @@ def eval_data(shared_data, tmp_path_factory) -> Path:
             keep = sorted({r["label"] for r in rows})[:labels]
             per_label = [[r for r in rows if r["label"] == label][: 12 // labels] for label in keep]
             write_rows(root / "classification" / name / f"{split}.jsonl", [r for group in per_label for r in group])
-    gsm = shortest(read_rows(SHARED_DATA / "generative" / "gsm8k_train.jsonl"), 4, lambda r: len("".join(r["text"])))
-    write_rows(root / "generative" / "gsm8k_train.jsonl", gsm)
-    p3 = [r for r in read_rows(SHARED_DATA / "generative" / "p3_t0_mix.jsonl.gz") if r["text"][-1].strip()]
+    # The suites score only the rows grit.splits holds out of training in these files: keep held-out ones.
+    gsm = [r for r in read_rows(SHARED_DATA / "generative" / "gsm8k_train.jsonl") if is_held_out(r)]
+    write_rows(root / "generative" / "gsm8k_train.jsonl", shortest(gsm, 4, lambda r: len("".join(r["text"]))))
+    p3 = read_rows(SHARED_DATA / "generative" / "p3_t0_mix.jsonl.gz")
+    p3 = [r for r in p3 if r["text"][-1].strip() and is_held_out(r)]
     write_rows(root / "generative" / "p3_t0_mix.jsonl.gz", shortest(p3, 4, lambda r: len(r["text"][0])))
-    rag = read_rows(SHARED_DATA / "rag" / "adversarialqa.jsonl")
-    write_rows(root / "rag" / "adversarialqa.jsonl", shortest(rag, 4, lambda r: len(r["passage"])))
+    rag = sorted(read_rows(SHARED_DATA / "rag" / "adversarialqa.jsonl"), key=lambda r: len(r["passage"]))
+    questions = [r for r in rag if is_held_out(r)][:4]
+    distractors = [r for r in rag if not is_held_out(r)][:2]
+    write_rows(root / "rag" / "adversarialqa.jsonl", questions + distractors)
     shutil.copy(SHARED_DATA / "MANIFEST.md", root / "MANIFEST.md")
     return root

@@ -171,3 +171,44 @@ def test_unknown_suite_and_bad_limit(tmp_path):
         build_suite("huge", tmp_path)
     with pytest.raises(ValueError, match="limit must be >= 1"):
         STSTask("s", tmp_path, limit=0)
+
+
+def test_resume_keeps_finished_tasks_and_redoes_changed_ones(tiny_grit, eval_data, tmp_path):
+    sts = STSTask("stsb", eval_data / "sts" / "stsb-test.jsonl", limit=4)
+    ppl = PerplexityTask("gsm8k-ppl", eval_data / "generative" / "gsm8k_train.jsonl", limit=2)
+    out = tmp_path / "out"
+    first = run(tiny_grit, [sts], out)
+    assert (out / "results.json").is_file()  # written as each task finishes
+
+    # A second run of another task into the same folder adds to the table and keeps the first task's row as it was.
+    second = run(tiny_grit, [sts, ppl], out, resume=True)
+    assert {r["task"] for r in second["rows"]} == {"stsb", "gsm8k-ppl"}
+    stsb = [r for r in second["rows"] if r["task"] == "stsb"]
+    assert stsb == [r for r in first["rows"] if r["task"] == "stsb"]
+    assert [t["name"] for t in second["tasks"]] == ["stsb", "gsm8k-ppl"]
+
+    # Changed settings are not reused: the task runs again and its rows are replaced, not duplicated.
+    third = run(tiny_grit, [STSTask("stsb", eval_data / "sts" / "stsb-test.jsonl", limit=3)], out, resume=True)
+    assert [r["n"] for r in third["rows"] if r["task"] == "stsb"] == [3, 3]
+    assert {r["task"] for r in third["rows"]} == {"stsb", "gsm8k-ppl"}
+
+    # Without resume the folder starts over.
+    assert {r["task"] for r in run(tiny_grit, [sts], out)["rows"]} == {"stsb"}
+
+
+def test_resume_refuses_a_corrupt_results_file(tiny_grit, eval_data, tmp_path):
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cannot resume"):
+        run(tiny_grit, [STSTask("stsb", eval_data / "sts" / "stsb-test.jsonl", limit=2)], tmp_path, resume=True)
+
+
+def test_suite_generative_tasks_score_only_held_out_rows(shared_data):
+    from grit.eval import data
+    from grit.splits import is_held_out
+
+    tasks = {t.name: t for t in build_suite("standard", shared_data)}
+    for name in ("gsm8k-ppl", "adversarialqa", "p3-instructions", "adversarialqa-rag"):
+        assert tasks[name].heldout_only, name
+    rows = [r for _, r in data.read_jsonl(shared_data / "rag" / "adversarialqa.jsonl")]
+    held = {r["question"] for r in rows if is_held_out(r)}
+    assert {q.question for q in data.read_rag(shared_data / "rag" / "adversarialqa.jsonl", heldout_only=True)} == held
