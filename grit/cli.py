@@ -29,9 +29,22 @@ DEMO_SENTENCES = [
 ]
 
 
-def add_model_options(
-    parser: argparse.ArgumentParser, model_help: str = "HF folder or .gguf file (default: SmolLM2-135M-Instruct)"
-) -> None:
+MODEL_HELP = (
+    "HF folder, .gguf file or LoRA adapter folder; 'default' (also when left out): SmolLM2-135M-Instruct with "
+    "grit's GRIT adapter; 'base': SmolLM2-135M-Instruct alone"
+)
+
+
+def model_source(name: str | None) -> dict:
+    """``GritModel.load`` arguments for a model named on the command line: a path, or 'default' / 'base'."""
+    if name in (None, "default"):
+        return {"path": None}
+    if name == "base":
+        return {"path": None, "base_only": True}
+    return {"path": name}
+
+
+def add_model_options(parser: argparse.ArgumentParser, model_help: str = MODEL_HELP) -> None:
     parser.add_argument("--model", default=None, help=model_help)
     parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
@@ -40,7 +53,7 @@ def add_model_options(
 def load_model(args: argparse.Namespace):
     from grit import GritModel
 
-    return GritModel.load(args.model, dtype=args.dtype, device=args.device)
+    return GritModel.load(**model_source(args.model), dtype=args.dtype, device=args.device)
 
 
 def cmd_info(args: argparse.Namespace) -> None:

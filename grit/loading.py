@@ -176,6 +176,11 @@ def adapter_base(folder: Path) -> Path | None:
     if config.get("peft_type") != "LORA":
         kind = config.get("peft_type")
         raise UnsupportedModelError(f"adapter {str(folder)!r} is {kind!r}; grit loads LoRA adapters")
+    recorded = trained_settings(folder)
+    if "model" in recorded:  # grit train's adapter: its config names the base portably (None: the default model)
+        model = recorded["model"]
+        if model is None or Path(model).expanduser().exists():
+            return resolve_model_path(model)
     base = config.get("base_model_name_or_path")
     if not base:
         raise ModelNotFoundError(f"adapter {str(folder)!r} does not name its base model (base_model_name_or_path)")
@@ -187,6 +192,31 @@ def adapter_base(folder: Path) -> Path | None:
             "the base weights, or the trainer's merged `final/` folder"
         )
     return resolve_model_path(path)
+
+
+SHIPPED_ADAPTER = Path(__file__).parent / "models" / "grit-smollm2-135m"
+
+
+def shipped_adapter() -> Path | None:
+    """The GRIT LoRA adapter for the default model that ships inside the grit package (its model card is the
+    README.md beside it), or None when this copy of grit has none."""
+    return SHIPPED_ADAPTER if (SHIPPED_ADAPTER / ADAPTER_CONFIG).is_file() else None
+
+
+TRAIN_CONFIG = "train_config.json"  # written by grit train into final/ and adapter/ (grit.train.config.CONFIG_FILE)
+
+
+def trained_settings(folder: Path) -> dict:
+    """The training config ``grit train`` stored in a model or adapter folder (``{}`` for any other folder): which
+    base it adapted, and the pooling and attention its embeddings were trained with."""
+    path = folder / TRAIN_CONFIG
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UnsupportedModelError(f"{str(path)!r} is not valid JSON: {e}") from None
+    return settings if isinstance(settings, dict) else {}
 
 
 def decoder_model_types() -> set[str]:

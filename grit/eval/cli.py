@@ -14,6 +14,7 @@ from pathlib import Path
 
 def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``eval`` subcommand to a parser's subparsers; ``args.handler(args)`` runs it."""
+    from grit.cli import MODEL_HELP
     from grit.eval.run import SUITES
 
     p = subparsers.add_parser(
@@ -21,7 +22,7 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="evaluate embedding, retrieval, classification and generation quality, offline",
         description="Run an evaluation suite on a model and write results.json and results.md.",
     )
-    p.add_argument("model", help="model folder or .gguf file; 'default' for the bundled SmolLM2-135M-Instruct")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument(
         "--suite",
         choices=sorted(SUITES),
@@ -56,6 +57,7 @@ def eval_command(args: argparse.Namespace) -> int:
     """Load the model, build the suite, run it, print the table; returns 0. An unknown task name, suite or data
     folder raises ``ValueError`` / ``FileNotFoundError`` before the model is loaded."""
     from grit import GritModel
+    from grit.cli import model_source
     from grit.eval.run import build_suite, default_baselines, run
 
     tasks = build_suite(args.suite, args.data, args.limit)
@@ -66,7 +68,7 @@ def eval_command(args: argparse.Namespace) -> int:
             names = ", ".join(t.name for t in tasks)
             raise ValueError(f"unknown task(s) {', '.join(unknown)}; suite {args.suite} has {names}")
         tasks = [t for t in tasks if t.name in wanted]
-    model = GritModel.load(None if args.model == "default" else args.model, dtype=args.dtype, device=args.device)
+    model = GritModel.load(**model_source(args.model), dtype=args.dtype, device=args.device)
     baselines = default_baselines() if args.baselines else []
     if args.resume and not args.out:
         raise ValueError("--resume needs --out: the folder whose results to continue")

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from grit import GritModel
-from grit.cli import add_model_options
+from grit.cli import add_model_options, model_source
 from grit.rag.chunking import ChunkConfig
 from grit.rag.documents import load_documents
 from grit.rag.index import DEFAULT_QUERY_INSTRUCTION, Index, IndexConfig
@@ -84,7 +84,7 @@ def load_index_model(args: argparse.Namespace, index_folder: Path | None = None)
                 f"index {index_folder} was built with model {model['id']!r} from {path}, which is not there; "
                 "pass --model with that model's folder"
             )
-    return GritModel.load(path, dtype=args.dtype, device=args.device)
+    return GritModel.load(**model_source(path), dtype=args.dtype, device=args.device)
 
 
 def cmd_build(args: argparse.Namespace) -> None:

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from grit.cli import add_model_options
+from grit.cli import MODEL_HELP, add_model_options
 from grit.serve.config import ServeConfig
 
 USAGE = """\
@@ -29,7 +29,7 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
     defaults = ServeConfig()
     p = subparsers.add_parser("serve", help="serve embeddings and chat over an OpenAI-compatible API",
                               description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    add_model_options(p, "HF folder or .gguf (default: the index's model with --index, else SmolLM2-135M-Instruct)")
+    add_model_options(p, MODEL_HELP + "; with --index, default: the index's model")
     p.add_argument("--host", default=defaults.host, help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=defaults.port)
     p.add_argument("--index", type=Path, help="an index folder from `grit index build`: adds POST /v1/rag")

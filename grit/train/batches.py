@@ -19,6 +19,7 @@ from .config import TrainConfig
 from .data import (
     BatchSampler,
     Dataset,
+    add_default_instructions,
     embedding_groups,
     generative_examples,
     read_embedding_files,
@@ -40,6 +41,7 @@ class Batches:
         self.generative_sets: list[Dataset] = []
         if cfg.mode != "generative":
             self.embedding_sets = read_embedding_files(data.embedding_files, data.skip_bad_lines, data.exclude_heldout)
+            add_default_instructions(self.embedding_sets, data.query_instruction, data.passage_instruction)
             self.samplers["embedding"] = self.sampler("embedding", self.embedding_sets, same_dataset=True)
         if cfg.mode != "embedding":
             self.generative_sets = read_generative_files(

@@ -91,12 +91,12 @@ def build_model(cfg: TrainConfig, d: Dist, checkpoint: Path | None = None) -> Tr
     compute = resolve_dtype(cfg.dtype, d.device)
     options = {"device": d.device, "pooling": cfg.pooling, "bidirectional": cfg.attention == "bidirectional"}
     if cfg.lora.enabled:
-        model = GritModel.load(cfg.model, dtype=compute, **options)
+        model = GritModel.load(cfg.model, base_only=True, dtype=compute, **options)
         peft_model = add_lora(model.lm, cfg.lora)
         if checkpoint is not None:
             load_adapter_weights(peft_model, checkpoint / ADAPTER)
     else:
-        model = GritModel.load(checkpoint or cfg.model, dtype=torch.float32, **options)
+        model = GritModel.load(checkpoint or cfg.model, base_only=True, dtype=torch.float32, **options)
         peft_model = None
     model.lm.train()
     trainee = Trainee(model, peft_model, compute)

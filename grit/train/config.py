@@ -83,6 +83,11 @@ class DataConfig:
     passage_max_length: int = opt(512, "Tokens per passage, instruction and format included; longer ones are cut.")
     generative_max_length: int = opt(1024, "Tokens per conversation, chat format included; longer ones are cut.")
     skip_bad_lines: bool = opt(False, "Skip malformed lines (counted and logged) instead of stopping at the first.")
+    query_instruction: str = opt(
+        "",
+        "Instruction for the queries of rows that have none (GritLM's files carry one per row; many others do not).",
+    )
+    passage_instruction: str = opt("", "Instruction for passages that have none (GritLM: none for asymmetric tasks).")
     exclude_heldout: bool = opt(
         False, "Leave out the rows grit's evaluation holds out (grit.splits), to train on files it also scores."
     )

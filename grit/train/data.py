@@ -198,6 +198,19 @@ def read_embedding_files(
     return [read_jsonl(p, parse_embedding, skip_bad_lines, exclude_heldout) for p in paths]
 
 
+def add_default_instructions(datasets: Sequence[Dataset], query: str, passage: str) -> None:
+    """Give ``query`` / ``passage`` as the instruction to every text of ``datasets`` that has none (in place)."""
+
+    def fill(text: Text, instruction: str) -> Text:
+        return text if text[0] or not instruction else (instruction.strip("\t\n :"), text[1])
+
+    for dataset in datasets:
+        for ex in dataset.examples:
+            ex.query = fill(ex.query, query)
+            ex.pos = [fill(t, passage) for t in ex.pos]
+            ex.neg = [fill(t, passage) for t in ex.neg]
+
+
 def read_generative_files(
     paths: Sequence[str | Path], skip_bad_lines: bool = False, exclude_heldout: bool = False
 ) -> list[Dataset]:

@@ -14,6 +14,7 @@ from grit.train.data import (
     DataFormatError,
     Dataset,
     EmbeddingExample,
+    add_default_instructions,
     embedding_group,
     embedding_groups,
     example_rng,
@@ -265,3 +266,17 @@ def test_real_training_files_read():
     for ds, path in zip(read_generative_files(paths, skip_bad_lines=True), paths, strict=True):
         assert ds.skipped == count_empty_targets(path)
         assert len(ds) > 5000
+
+
+def test_default_instructions_fill_only_texts_without_one(tmp_path):
+    rows = [
+        {"query": "a premise", "pos": ["an entailment"], "neg": ["a contradiction"]},
+        {"query": ["Own instruction: ", "q"], "pos": [["Doc instruction", "p"]]},
+    ]
+    (tmp_path / "nli.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    [dataset] = read_embedding_files([tmp_path / "nli.jsonl"])
+    add_default_instructions([dataset], "Given a premise, retrieve its entailment: ", "")
+    first, second = dataset.examples
+    assert first.query == ("Given a premise, retrieve its entailment", "a premise")
+    assert first.pos == [("", "an entailment")] and first.neg == [("", "a contradiction")]
+    assert second.query == ("Own instruction", "q") and second.pos == [("Doc instruction", "p")]

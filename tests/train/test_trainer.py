@@ -71,6 +71,21 @@ def test_lora_trains_only_the_adapters_and_the_merged_model_loads(tiny_model_pat
     assert np.allclose(from_adapter.encode(texts), trained, atol=1e-5)
 
 
+def test_trained_folders_remember_embedding_settings_and_their_base(tiny_model_path, train_data, tmp_path):
+    overrides = ("lora.enabled=true", "lora.r=4", "pooling=last", "attention=causal")
+    final = train(tiny_config(tiny_model_path, train_data, tmp_path, *overrides, max_steps=2, lr=1e-2))
+    for folder in (final, tmp_path / "adapter"):
+        model = GritModel.load(folder, dtype="float32", device="cpu")
+        assert (model.pooling, model.bidirectional) == ("last", False), folder
+    assert GritModel.load(final, device="cpu", pooling="mean", bidirectional=True).bidirectional  # explicit wins
+    # peft records the base as a path on the training machine; grit's own record (train_config.json) is used
+    # first, so an adapter still opens where that path does not exist.
+    config_path = tmp_path / "adapter" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "base_model_name_or_path": "/gone/elsewhere"}))
+    assert GritModel.load(tmp_path / "adapter", dtype="float32", device="cpu").pooling == "last"
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "contrastive").is_dir(), reason="needs ../shared/data")
 def test_unified_training_on_rows_of_the_shared_data(tiny_model_path, tmp_path):
     def head(path: Path, n: int) -> list[dict]:
