@@ -181,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("demo", cmd_demo, "embed, compare and answer with one model")
     # Feature commands live beside their features; imported here so `import grit.cli` stays light for them.
     from grit.eval.cli import add_eval_command
+    from grit.eval.report import add_report_command
     from grit.rag.cli import add_index_commands, add_rag_commands
     from grit.serve.cli import add_serve_command
     from grit.train.cli import add_train_commands
@@ -188,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_index_commands(sub)
     add_rag_commands(sub)
     add_eval_command(sub)
+    add_report_command(sub)
     add_train_commands(sub)
     add_serve_command(sub)
     return parser

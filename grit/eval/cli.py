@@ -27,7 +27,8 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "--suite",
         choices=sorted(SUITES),
         default="quick",
-        help="quick: small samples (minutes); standard: the committed baselines (~2 h on 2 cores); full: all data",
+        help="quick: small samples (minutes); compare: trained models side by side (~30 min on 2 cores); "
+        "standard: the committed baselines (~1.5 h); full: all data",
     )
     p.add_argument("--limit", type=positive_int, help="at most N examples per task (queries, pairs, test rows)")
     p.add_argument("--tasks", help="comma-separated task names to run (default: the whole suite)")

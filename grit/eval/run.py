@@ -112,7 +112,20 @@ STANDARD: dict[str, dict[str, int]] = {
 }
 
 
-def sized(tasks: list[Task], sizes: dict[str, dict[str, int]], default: int | None) -> list[Task]:
+# The suite trained models are compared with (results/grit-claims.md): the standard suite's STS-B (all pairs) and
+# generative samples, smaller retrieval and classification samples, and RAG answers with and without the document
+# cache (both cache sources). About 30 minutes for SmolLM2-135M on 2 quiet CPU cores.
+COMPARE: dict[str, dict[str, Any]] = {
+    "cranfield": {"limit": 100, "corpus_limit": 700},
+    "msmarco-dl19-5k": {"limit": 10, "corpus_limit": 1000},  # the judged passages of 10 queries: ~950
+    "banking77": {"limit": 1000},
+    "sst2": {"limit": 1000},
+    **{name: STANDARD[name] for name in ("gsm8k-ppl", "adversarialqa", "p3-instructions")},
+    "adversarialqa-rag": {"limit": 50, "corpus_size": 200, "modes": ("none", "doc")},
+}
+
+
+def sized(tasks: list[Task], sizes: dict[str, dict[str, Any]], default: int | None) -> list[Task]:
     """Tasks with the settings ``sizes`` names for them; the others cut to ``default`` examples (None: as they are)."""
     return [dataclasses.replace(t, **sizes[t.name]) if t.name in sizes else t.limited(default) for t in tasks]
 
@@ -127,7 +140,17 @@ def standard_tasks(data: Path) -> list[Task]:
     return sized(all_tasks(data), STANDARD, None)
 
 
-SUITES: dict[str, Callable[[Path], list[Task]]] = {"quick": quick_tasks, "standard": standard_tasks, "full": all_tasks}
+def compare_tasks(data: Path) -> list[Task]:
+    """The ``compare`` suite (``COMPARE``): trained models side by side, in half an hour each."""
+    return sized(all_tasks(data), COMPARE, None)
+
+
+SUITES: dict[str, Callable[[Path], list[Task]]] = {
+    "quick": quick_tasks,
+    "compare": compare_tasks,
+    "standard": standard_tasks,
+    "full": all_tasks,
+}
 
 
 def build_suite(name: str, data: Path | None = None, limit: int | None = None) -> list[Task]:

@@ -206,9 +206,12 @@ def test_suite_generative_tasks_score_only_held_out_rows(shared_data):
     from grit.eval import data
     from grit.splits import is_held_out
 
-    tasks = {t.name: t for t in build_suite("standard", shared_data)}
-    for name in ("gsm8k-ppl", "adversarialqa", "p3-instructions", "adversarialqa-rag"):
-        assert tasks[name].heldout_only, name
+    for suite in ("quick", "compare", "standard", "full"):
+        tasks = {t.name: t for t in build_suite(suite, shared_data)}
+        for name in ("gsm8k-ppl", "adversarialqa", "p3-instructions", "adversarialqa-rag"):
+            assert tasks[name].heldout_only, (suite, name)
+    compare = {t.name: t for t in build_suite("compare", shared_data)}
+    assert compare["adversarialqa-rag"].modes == ("none", "doc") and compare["stsb"].limit is None
     rows = [r for _, r in data.read_jsonl(shared_data / "rag" / "adversarialqa.jsonl")]
     held = {r["question"] for r in rows if is_held_out(r)}
     assert {q.question for q in data.read_rag(shared_data / "rag" / "adversarialqa.jsonl", heldout_only=True)} == held

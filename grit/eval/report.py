@@ -1,0 +1,162 @@
+"""Side-by-side tables of several ``grit eval`` runs: one column per model, one row per task's headline metric, and
+the embedding and generative averages that GRIT's claims are stated in.
+
+    grit report base=runs/eval/base unified=runs/eval/unified --train unified=runs/grit-smollm2-unified \\
+        --out results/grit-claims.md
+
+Each run folder holds a ``results.json`` (``grit eval --out``). Its first model is named by the label; baselines in
+it (all-MiniLM-L6-v2, BM25) get a column of their own, once, from the first run that has them.
+
+Averages (higher is better in every term, so one number can rank models):
+    embedding   mean of STS-B Spearman, Cranfield and MS MARCO nDCG@10, Banking77 and SST-2 accuracy
+    generative  mean of AdversarialQA F1, P3 ROUGE-L and the GSM8K per-token likelihood exp(-NLL) = 1 / perplexity
+An average is shown only for a model that has every one of its terms.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# task -> (metric, how it is shown). Perplexity is shown as is; its average term is exp(-nll_per_token).
+HEADLINE: dict[str, str] = {
+    "stsb": "spearman",
+    "cranfield": "ndcg@10",
+    "msmarco-dl19-5k": "ndcg@10",
+    "banking77": "accuracy",
+    "sst2": "accuracy",
+    "gsm8k-ppl": "perplexity",
+    "adversarialqa": "f1",
+    "p3-instructions": "rouge_l",
+    "adversarialqa-rag": "recall@1",
+}
+RAG_METRICS = ("none/f1", "doc/bidirectional/f1", "doc/causal/f1")  # answers with and without the doc cache
+EMBEDDING_AVERAGE = ("stsb", "cranfield", "msmarco-dl19-5k", "banking77", "sst2")
+GENERATIVE_AVERAGE = ("adversarialqa", "p3-instructions", "gsm8k-ppl")
+
+
+@dataclass
+class Column:
+    """One model's numbers: ``values[(task, metric)]``."""
+
+    label: str
+    values: dict[tuple[str, str], float] = field(default_factory=dict)
+    seconds: float = 0.0  # evaluation time, all tasks
+
+    def get(self, task: str, metric: str) -> float | None:
+        return self.values.get((task, metric))
+
+    def term(self, task: str) -> float | None:
+        """The task's contribution to an average (higher is better)."""
+        if task == "gsm8k-ppl":
+            nll = self.get(task, "nll_per_token")
+            return None if nll is None else math.exp(-nll)
+        return self.get(task, HEADLINE[task])
+
+    def average(self, tasks: Sequence[str]) -> float | None:
+        terms = [self.term(t) for t in tasks]
+        return None if any(t is None for t in terms) else sum(terms) / len(terms)
+
+
+def read_run(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / "results.json" if Path(folder).is_dir() else Path(folder)
+    if not path.is_file():
+        raise FileNotFoundError(f"no results.json at {path}; run `grit eval MODEL --out {folder}` first")
+    return json.loads(path.read_text())
+
+
+def columns(runs: Sequence[tuple[str, str | Path]]) -> list[Column]:
+    """The label's model of each run, then each baseline model the runs hold (first occurrence)."""
+    out: list[Column] = []
+    seen_baselines: set[str] = set()
+    for label, folder in runs:
+        results = read_run(folder)
+        models = results["models"]
+        for i, model in enumerate(models):
+            if i > 0 and model in seen_baselines:
+                continue
+            col = Column(label if i == 0 else model)
+            tasks_seen: dict[str, float] = {}
+            for row in results["rows"]:
+                if row["model"] == model and row["value"] is not None:
+                    col.values[(row["task"], row["metric"])] = row["value"]
+                    tasks_seen[row["task"]] = row["seconds"]
+            col.seconds = sum(tasks_seen.values())
+            if i > 0:
+                seen_baselines.add(model)
+            out.append(col)
+    return out
+
+
+def training_summary(folder: str | Path) -> dict[str, float]:
+    """Steps, trained tokens and wall-clock seconds of a ``grit train`` run, from its ``log.jsonl``."""
+    path = Path(folder) / "log.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no log.jsonl in {folder}; is it a grit train output_dir?")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {
+        "steps": max((r["step"] for r in records), default=0),
+        "tokens": sum(r.get("tokens", 0) for r in records),
+        "seconds": sum(r.get("seconds", 0.0) for r in records),
+    }
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(cols: Sequence[Column], training: dict[str, dict[str, float]] | None = None) -> str:
+    """The comparison table (tasks × models) and, when given, a training table."""
+    header = "| task | metric | " + " | ".join(c.label for c in cols) + " |"
+    lines = [header, "|---|---|" + "---:|" * len(cols)]
+    for name, tasks in (("embedding average", EMBEDDING_AVERAGE), ("generative average", GENERATIVE_AVERAGE)):
+        lines.append(f"| **{name}** | | " + " | ".join(f"**{fmt(c.average(tasks))}**" for c in cols) + " |")
+    metrics = [(t, m) for t, m in HEADLINE.items()] + [("adversarialqa-rag", m) for m in RAG_METRICS]
+    for task, metric in metrics:
+        if all(c.get(task, metric) is None for c in cols):
+            continue
+        lines.append(f"| {task} | {metric} | " + " | ".join(fmt(c.get(task, metric)) for c in cols) + " |")
+    lines.append("| eval time (s) | | " + " | ".join(f"{c.seconds:.0f}" for c in cols) + " |")
+    text = "\n".join(lines) + "\n"
+    if training:
+        rows = ["| model | steps | trained tokens | seconds |", "|---|---:|---:|---:|"]
+        rows += [f"| {k} | {v['steps']} | {v['tokens']:,} | {v['seconds']:.0f} |" for k, v in training.items()]
+        text += "\n" + "\n".join(rows) + "\n"
+    return text
+
+
+def parse_pairs(items: Sequence[str], what: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise ValueError(f"{what} {item!r} must look like LABEL=PATH")
+        pairs.append((label, path))
+    return pairs
+
+
+def report_command(args: Any) -> int:
+    runs = parse_pairs(args.runs, "run")
+    training = {label: training_summary(path) for label, path in parse_pairs(args.train or [], "--train")}
+    text = markdown(columns(runs), training)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+def add_report_command(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "report",
+        help="compare several grit eval runs in one table (embedding and generative averages)",
+        description="One table from several `grit eval` result folders: a column per model, a row per task.",
+    )
+    p.add_argument("runs", nargs="+", help="LABEL=FOLDER of a grit eval run (its results.json)")
+    p.add_argument("--train", nargs="*", help="LABEL=FOLDER of a grit train run: steps, tokens and time")
+    p.add_argument("--out", help="also write the table to this Markdown file")
+    p.set_defaults(handler=report_command)
