@@ -9,19 +9,39 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def default_model():
+def base_model():
     try:
         loading.default_gguf_path()
     except loading.ModelNotFoundError as e:
         pytest.skip(str(e))
-    return GritModel.load()
+    return GritModel.load(base_only=True)
 
 
-def test_converts_once_then_reads_the_cache(default_model, monkeypatch):
+@pytest.fixture(scope="module")
+def default_model(base_model):
+    """What ``GritModel.load()`` gives: the base with grit's shipped GRIT adapter (the base while none ships)."""
+    return GritModel.load() if loading.shipped_adapter() else base_model
+
+
+def test_converts_once_then_reads_the_cache(base_model, monkeypatch):
     folder = loading.converted_folder(loading.default_gguf_path())
-    assert loading.is_complete(folder) and default_model.path == folder
+    assert loading.is_complete(folder) and base_model.path == folder
     monkeypatch.setattr(loading, "write_folder_atomically", lambda *a: pytest.fail("converted a second time"))
-    assert GritModel.load().path == folder
+    assert GritModel.load(base_only=True).path == folder
+
+
+def test_the_default_is_the_shipped_grit_adapter(default_model, base_model):
+    if loading.shipped_adapter() is None:
+        pytest.skip("this copy of grit ships no GRIT adapter")
+    assert default_model.path == loading.SHIPPED_ADAPTER
+    texts = ["A man is playing a guitar.", "Someone is playing an instrument.", "The stock market fell sharply."]
+    tuned, base = (
+        default_model.encode(texts, instruction="Retrieve semantically similar text"),
+        base_model.encode(texts),
+    )
+    assert not np.allclose(tuned, base, atol=1e-3)  # the adapter is really merged in
+    similar, unrelated = tuned[0] @ tuned[1], tuned[0] @ tuned[2]
+    assert similar > unrelated + 0.2  # trained embeddings separate a paraphrase from an unrelated sentence
 
 
 def test_answers_the_capital_of_france(default_model):
