@@ -34,7 +34,9 @@ HEADLINE: dict[str, str] = {
     "p3-instructions": "rouge_l",
     "adversarialqa-rag": "recall@1",
 }
-RAG_METRICS = ("none/f1", "doc/bidirectional/f1", "doc/causal/f1")  # answers with and without the doc cache
+RAG_METRICS = tuple(  # answers with and without the document cache
+    f"{mode}/{metric}" for metric in ("exact_match", "f1") for mode in ("none", "doc/bidirectional", "doc/causal")
+)
 EMBEDDING_AVERAGE = ("stsb", "cranfield", "msmarco-dl19-5k", "banking77", "sst2")
 GENERATIVE_AVERAGE = ("adversarialqa", "p3-instructions", "gsm8k-ppl")
 
