@@ -44,4 +44,6 @@ def ship(run: Path, target: Path = SHIPPED_ADAPTER) -> Path:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="output_dir of a finished LoRA run of grit train")
-    print(f"shipped into {ship(parser.parse_args().run)}")
+    parser.add_argument("--to", type=Path, default=SHIPPED_ADAPTER, help=f"target folder (default: {SHIPPED_ADAPTER})")
+    args = parser.parse_args()
+    print(f"shipped into {ship(args.run, args.to)}")
