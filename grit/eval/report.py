@@ -48,6 +48,7 @@ class Column:
     label: str
     values: dict[tuple[str, str], float] = field(default_factory=dict)
     seconds: float = 0.0  # evaluation time, all tasks
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> its settings in that run
 
     def get(self, task: str, metric: str) -> float | None:
         return self.values.get((task, metric))
@@ -78,10 +79,11 @@ def columns(runs: Sequence[tuple[str, str | Path]]) -> list[Column]:
     for label, folder in runs:
         results = read_run(folder)
         models = results["models"]
+        settings = {t["name"]: t for t in results.get("tasks", [])}
         for i, model in enumerate(models):
             if i > 0 and model in seen_baselines:
                 continue
-            col = Column(label if i == 0 else model)
+            col = Column(label if i == 0 else model, settings=settings)
             tasks_seen: dict[str, float] = {}
             for row in results["rows"]:
                 if row["model"] == model and row["value"] is not None:
@@ -107,6 +109,16 @@ def training_summary(folder: str | Path) -> dict[str, float]:
     }
 
 
+def differing_settings(cols: Sequence[Column]) -> list[str]:
+    """Tasks that columns scored with different settings (sizes, samples): their numbers do not compare."""
+    out = []
+    for task in dict.fromkeys(t for c in cols for t, _ in c.values):
+        seen = [c.settings.get(task) for c in cols if any(t == task for t, _ in c.values)]
+        if any(s != seen[0] for s in seen[1:]):
+            out.append(task)
+    return out
+
+
 def fmt(value: float | None, digits: int = 4) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
@@ -124,6 +136,8 @@ def markdown(cols: Sequence[Column], training: dict[str, dict[str, float]] | Non
         lines.append(f"| {task} | {metric} | " + " | ".join(fmt(c.get(task, metric)) for c in cols) + " |")
     lines.append("| eval time (s) | | " + " | ".join(f"{c.seconds:.0f}" for c in cols) + " |")
     text = "\n".join(lines) + "\n"
+    if differ := differing_settings(cols):
+        text += "\nNot comparable across columns (the runs used different settings): " + ", ".join(differ) + "\n"
     if training:
         rows = ["| model | steps | trained tokens | seconds |", "|---|---:|---:|---:|"]
         rows += [f"| {k} | {v['steps']} | {v['tokens']:,} | {v['seconds']:.0f} |" for k, v in training.items()]

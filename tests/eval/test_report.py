@@ -12,14 +12,15 @@ EMBEDDING = {"stsb": ("spearman", 0.5), "cranfield": ("ndcg@10", 0.3), "msmarco-
              "banking77": ("accuracy", 0.6), "sst2": ("accuracy", 0.7)}  # fmt: skip
 
 
-def write_run(folder, model, scores, baselines=()):
+def write_run(folder, model, scores, baselines=(), limit=None):
     rows = [
         {"model": model, "task": t, "metric": m, "value": v, "n": 10, "seconds": 2.0} for t, (m, v) in scores.items()
     ]
     for name in baselines:
         rows.append({"model": name, "task": "stsb", "metric": "spearman", "value": 0.87, "n": 10, "seconds": 1.0})
     folder.mkdir(parents=True)
-    (folder / "results.json").write_text(json.dumps({"models": [model, *baselines], "rows": rows}))
+    tasks = [{"name": t, "limit": limit} for t in scores]
+    (folder / "results.json").write_text(json.dumps({"models": [model, *baselines], "rows": rows, "tasks": tasks}))
     return folder
 
 
@@ -41,6 +42,11 @@ def test_columns_averages_and_baselines_once(tmp_path):
     table = markdown(cols)
     assert "| **embedding average** | | **0.5000** | **–** | **0.5000** |" in table
     assert "| stsb | spearman | 0.5000 | 0.8700 | 0.5000 |" in table
+    assert "Not comparable" not in table
+
+    sampled = write_run(tmp_path / "sampled", "final", EMBEDDING, limit=10)
+    table = markdown(columns([("base", base), ("sampled", sampled)]))
+    assert "Not comparable across columns (the runs used different settings): stsb, cranfield" in table
 
 
 def test_training_summary_and_command(tmp_path, capsys):
