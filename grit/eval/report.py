@@ -4,7 +4,8 @@ the embedding and generative averages that GRIT's claims are stated in.
     grit report base=runs/eval/base unified=runs/eval/unified --train unified=runs/grit-smollm2-unified \\
         --out results/grit-claims.md
 
-Each run folder holds a ``results.json`` (``grit eval --out``). Its first model is named by the label; baselines in
+Each run folder holds a ``results.json`` (``grit eval --out``); ``LABEL=A+B`` joins two runs of one model (tasks
+evaluated in separate folders). Its first model is named by the label; baselines in
 it (all-MiniLM-L6-v2, BM25) get a column of their own, once, from the first run that has them.
 
 Averages (higher is better in every term, so one number can rank models):
@@ -72,12 +73,27 @@ def read_run(folder: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def read_runs(spec: str | Path) -> dict[str, Any]:
+    """One run, or several of the same model joined by ``+`` (tasks spread over folders; a later run's task wins)."""
+    merged: dict[str, Any] = {"models": [], "rows": [], "tasks": []}
+    for part in str(spec).split("+"):
+        results = read_run(part)
+        if merged["models"] and results["models"][:1] != merged["models"][:1]:
+            raise ValueError(f"{spec}: {part} is a run of {results['models'][0]}, not {merged['models'][0]}")
+        pairs = {(r["model"], r["task"]) for r in results["rows"]}
+        merged["rows"] = [r for r in merged["rows"] if (r["model"], r["task"]) not in pairs] + results["rows"]
+        names = {t["name"] for t in results.get("tasks", [])}
+        merged["tasks"] = [t for t in merged["tasks"] if t["name"] not in names] + results.get("tasks", [])
+        merged["models"] = list(dict.fromkeys(merged["models"] + results["models"]))
+    return merged
+
+
 def columns(runs: Sequence[tuple[str, str | Path]]) -> list[Column]:
     """The label's model of each run, then each baseline model the runs hold (first occurrence)."""
     out: list[Column] = []
     seen_baselines: set[str] = set()
     for label, folder in runs:
-        results = read_run(folder)
+        results = read_runs(folder)
         models = results["models"]
         settings = {t["name"]: t for t in results.get("tasks", [])}
         for i, model in enumerate(models):
@@ -172,7 +188,11 @@ def add_report_command(subparsers: Any) -> None:
         help="compare several grit eval runs in one table (embedding and generative averages)",
         description="One table from several `grit eval` result folders: a column per model, a row per task.",
     )
-    p.add_argument("runs", nargs="+", help="LABEL=FOLDER of a grit eval run (its results.json)")
+    p.add_argument(
+        "runs",
+        nargs="+",
+        help="LABEL=FOLDER of a grit eval run (its results.json); FOLDER+FOLDER joins runs of one model",
+    )
     p.add_argument("--train", nargs="*", help="LABEL=FOLDER of a grit train run: steps, tokens and time")
     p.add_argument("--out", help="also write the table to this Markdown file")
     p.set_defaults(handler=report_command)

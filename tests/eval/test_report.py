@@ -64,3 +64,14 @@ def test_training_summary_and_command(tmp_path, capsys):
     assert "must look like LABEL=PATH" in capsys.readouterr().err
     assert main(["report", f"x={tmp_path / 'nothing'}"]) == 2
     assert "no results.json" in capsys.readouterr().err
+
+
+def test_runs_of_one_model_join_with_plus(tmp_path):
+    first = write_run(tmp_path / "a", "m", {"stsb": ("spearman", 0.5), "sst2": ("accuracy", 0.6)})
+    second = write_run(tmp_path / "b", "m", {"sst2": ("accuracy", 0.7), "banking77": ("accuracy", 0.4)})
+    [col] = columns([("m", f"{first}+{second}")])
+    assert col.get("stsb", "spearman") == 0.5 and col.get("banking77", "accuracy") == 0.4
+    assert col.get("sst2", "accuracy") == 0.7  # the later run wins
+    other = write_run(tmp_path / "c", "other", {"stsb": ("spearman", 0.1)})
+    with pytest.raises(ValueError, match="is a run of other"):
+        columns([("m", f"{first}+{other}")])
