@@ -85,6 +85,7 @@ def read_runs(spec: str | Path) -> dict[str, Any]:
         names = {t["name"] for t in results.get("tasks", [])}
         merged["tasks"] = [t for t in merged["tasks"] if t["name"] not in names] + results.get("tasks", [])
         merged["models"] = list(dict.fromkeys(merged["models"] + results["models"]))
+        merged["task_settings"] = {**merged.get("task_settings", {}), **results.get("task_settings", {})}
     return merged
 
 
@@ -99,7 +100,9 @@ def columns(runs: Sequence[tuple[str, str | Path]]) -> list[Column]:
         for i, model in enumerate(models):
             if i > 0 and model in seen_baselines:
                 continue
-            col = Column(label if i == 0 else model, settings=settings)
+            scored_with = results.get("task_settings", {})  # per model and task, when the file records it
+            col = Column(label if i == 0 else model)
+            col.settings = {t: scored_with.get(f"{model}/{t}", settings.get(t)) for t in settings}
             tasks_seen: dict[str, float] = {}
             for row in results["rows"]:
                 if row["model"] == model and row["value"] is not None:

@@ -195,14 +195,19 @@ def run(
         use_cache: Read and write corpus embeddings under ``$GRIT_CACHE/embeddings``.
         resume: Keep and reuse the results already in ``out_dir`` (see above).
     Returns:
-        ``{"created", "grit_version", "host", "models", "fingerprints", "tasks", "rows", "details", "skipped"}``;
-        each row has model, task, metric, value (None for NaN), n (examples scored) and seconds (the whole task,
-        this model).
+        ``{"created", "grit_version", "host", "models", "fingerprints", "tasks", "task_settings", "rows",
+        "details", "skipped"}`` (``task_settings``: the settings of each ``model/task`` pair); each row has model,
+        task, metric, value (None for NaN), n (examples scored) and seconds (the whole task, this model).
     """
     out = Path(out_dir)
     results = read_results(out) if resume else None
     results = results or {"models": [], "fingerprints": {}, "tasks": [], "rows": [], "details": {}, "skipped": []}
-    settings = {t["name"]: t for t in results["tasks"]}
+    settings = {t["name"]: t for t in results["tasks"]}  # each task's latest settings, for the table's readers
+    # What each (model, task) pair was scored with: a task rerun with new settings for one model leaves the other
+    # models' rows with the old ones. Files from before this record: the one setting per task they then had.
+    scored_with = results.setdefault(
+        "task_settings", {f"{r['model']}/{r['task']}": settings.get(r["task"]) for r in results["rows"]}
+    )
     for m in [model, *baselines]:
         name = model_name(m)
         identity = fingerprint(m) if use_cache or resume else None
@@ -214,7 +219,7 @@ def run(
             if not task.supports(m):
                 continue
             done = any(r["model"] == name and r["task"] == task.name for r in results["rows"])
-            if same_model and done and settings.get(task.name) == task_settings(task):
+            if same_model and done and scored_with.get(f"{name}/{task.name}") == task_settings(task):
                 log.info("%s on %s: kept from %s", name, task.name, out / "results.json")
                 continue
             log.info("%s on %s", name, task.name)
@@ -240,7 +245,7 @@ def run(
                     }
                 )
             results["details"][f"{name}/{task.name}"] = {"skipped_examples": scores.skipped, **scores.details}
-            settings[task.name] = task_settings(task)
+            settings[task.name] = scored_with[f"{name}/{task.name}"] = task_settings(task)
             log.info("%s %s: %s (%.1f s)", name, task.name, scores.metrics, seconds)
             write_results(stamped(results, settings), out)
     results = stamped(results, settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -191,6 +192,14 @@ def test_resume_keeps_finished_tasks_and_redoes_changed_ones(tiny_grit, eval_dat
     third = run(tiny_grit, [STSTask("stsb", eval_data / "sts" / "stsb-test.jsonl", limit=3)], out, resume=True)
     assert [r["n"] for r in third["rows"] if r["task"] == "stsb"] == [3, 3]
     assert {r["task"] for r in third["rows"]} == {"stsb", "gsm8k-ppl"}
+
+    # A task rerun with new settings for one model does not pass off another model's old rows as the new setting.
+    twin = dataclasses.replace(tiny_grit, path=tiny_grit.path.parent / "twin")  # a second fingerprinted model
+    cranfield = RetrievalTask("cranfield", eval_data / "retrieval" / "cranfield", instructions.CRANFIELD, limit=2)
+    run(tiny_grit, [cranfield], out, baselines=[twin], resume=True)
+    fourth = run(tiny_grit, [dataclasses.replace(cranfield, limit=1)], out, baselines=[twin], resume=True)
+    n_by_model = {r["model"]: r["n"] for r in fourth["rows"] if r["task"] == "cranfield"}
+    assert n_by_model == {tiny_grit.path.name: 1, "twin": 1}
 
     # Without resume the folder starts over.
     assert {r["task"] for r in run(tiny_grit, [sts], out)["rows"]} == {"stsb"}
