@@ -203,7 +203,7 @@ def shipped_adapter() -> Path | None:
     return SHIPPED_ADAPTER if (SHIPPED_ADAPTER / ADAPTER_CONFIG).is_file() else None
 
 
-TRAIN_CONFIG = "train_config.json"  # written by grit train into final/ and adapter/ (grit.train.config.CONFIG_FILE)
+TRAIN_CONFIG = "train_config.json"  # written by grit train into final/ and adapter/, read back by GritModel.load
 
 
 def trained_settings(folder: Path) -> dict:

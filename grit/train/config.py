@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from grit.loading import TRAIN_CONFIG
 from grit.pooling import Pooling
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "train_config.json"
+CONFIG_FILE = TRAIN_CONFIG  # one name: GritModel.load reads what the trainer writes
 DATA_SUFFIXES = (".jsonl", ".jsonl.gz")
 
 
