@@ -10,7 +10,8 @@ it (all-MiniLM-L6-v2, BM25) get a column of their own, once, from the first run 
 
 Averages (higher is better in every term, so one number can rank models):
     embedding   mean of STS-B Spearman, Cranfield and MS MARCO nDCG@10, Banking77 and SST-2 accuracy
-    generative  mean of AdversarialQA F1, P3 ROUGE-L and the GSM8K per-token likelihood exp(-NLL) = 1 / perplexity
+    generative  mean of AdversarialQA F1, P3 ROUGE-L, self-instruct ROUGE-L (full-sentence answers: the chat check)
+                and the GSM8K per-token likelihood exp(-NLL) = 1 / perplexity
 An average is shown only for a model that has every one of its terms.
 """
 
@@ -33,13 +34,14 @@ HEADLINE: dict[str, str] = {
     "gsm8k-ppl": "perplexity",
     "adversarialqa": "f1",
     "p3-instructions": "rouge_l",
+    "self-instruct": "rouge_l",
     "adversarialqa-rag": "recall@1",
 }
 RAG_METRICS = tuple(  # answers with and without the document cache
     f"{mode}/{metric}" for metric in ("exact_match", "f1") for mode in ("none", "doc/bidirectional", "doc/causal")
 )
 EMBEDDING_AVERAGE = ("stsb", "cranfield", "msmarco-dl19-5k", "banking77", "sst2")
-GENERATIVE_AVERAGE = ("adversarialqa", "p3-instructions", "gsm8k-ppl")
+GENERATIVE_AVERAGE = ("adversarialqa", "p3-instructions", "self-instruct", "gsm8k-ppl")
 
 
 @dataclass

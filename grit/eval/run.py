@@ -48,6 +48,20 @@ def default_data_dir() -> Path:
     return next((c for c in candidates if c.is_dir()), candidates[0])
 
 
+def project_data_dir() -> Path:
+    """``data/`` of the grit checkout: the small sets committed with grit (``data/README.md``), as opposed to the
+    shared ones of ``default_data_dir``."""
+    return Path(grit.__file__).resolve().parents[1] / "data"
+
+
+def chat_tasks() -> list[Task]:
+    """Human-written instructions with full answers (self-instruct's seed and user-oriented tasks, 89 held out):
+    the chat-style check. The P3 answers are mostly labels, so a model that learned to answer in one word scores
+    well there and badly here. (Where grit runs without its checkout's ``data/``, ``run`` reports it skipped.)"""
+    path = project_data_dir() / "instructions" / "self_instruct_human.jsonl"
+    return [InstructionTask("self-instruct", path, heldout_only=True, max_new_tokens=96)]
+
+
 def all_tasks(data: Path) -> list[Task]:
     """The ``full`` suite: every task on the shared data sets at full size (hours for a 135M model on 2 CPU cores,
     minutes on a GPU). Sizes follow MTEB where the task is an MTEB one."""
@@ -74,6 +88,7 @@ def all_tasks(data: Path) -> list[Task]:
         PerplexityTask("gsm8k-ppl", data / "generative" / "gsm8k_train.jsonl", limit=500, heldout_only=True),
         ReadingQATask("adversarialqa", data / "rag" / "adversarialqa.jsonl", heldout_only=True),
         InstructionTask("p3-instructions", data / "generative" / "p3_t0_mix.jsonl.gz", limit=500, heldout_only=True),
+        *chat_tasks(),
         *rag_tasks(data),
     ]
 
@@ -88,6 +103,7 @@ QUICK: dict[str, dict[str, int]] = {
     "gsm8k-ppl": {"limit": 20},
     "adversarialqa": {"limit": 10},
     "p3-instructions": {"limit": 10},
+    "self-instruct": {"limit": 10},
     "adversarialqa-rag": {"limit": 5, "corpus_size": 50},
 }
 

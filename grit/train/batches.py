@@ -20,6 +20,7 @@ from .data import (
     BatchSampler,
     Dataset,
     add_default_instructions,
+    drop_short_answers,
     embedding_groups,
     generative_examples,
     read_embedding_files,
@@ -47,6 +48,7 @@ class Batches:
             self.generative_sets = read_generative_files(
                 data.generative_files, data.skip_bad_lines, data.exclude_heldout
             )
+            drop_short_answers(self.generative_sets, data.min_answer_words)
             self.samplers["generative"] = self.sampler("generative", self.generative_sets, same_dataset=False)
         self.warned: set[str] = set()
 

@@ -89,6 +89,9 @@ class DataConfig:
         "Instruction for the queries of rows that have none (GritLM's files carry one per row; many others do not).",
     )
     passage_instruction: str = opt("", "Instruction for passages that have none (GritLM: none for asymmetric tasks).")
+    min_answer_words: int = opt(
+        0, "Leave out generative chats whose answers all have fewer words (label-style targets teach terse chat)."
+    )
     exclude_heldout: bool = opt(
         False, "Leave out the rows grit's evaluation holds out (grit.splits), to train on files it also scores."
     )
@@ -102,6 +105,7 @@ class DataConfig:
                 )
         for name in ("embedding_batch_size", "generative_batch_size"):
             check(getattr(self, name) >= 1, f"data.{name} must be >= 1, got {getattr(self, name)}")
+        check(self.min_answer_words >= 0, f"data.min_answer_words must be >= 0, got {self.min_answer_words}")
         check(self.num_hard_negatives >= 0, f"data.num_hard_negatives must be >= 0, got {self.num_hard_negatives}")
         for name in ("query_max_length", "passage_max_length", "generative_max_length"):
             check(getattr(self, name) >= 2, f"data.{name} must be >= 2, got {getattr(self, name)}")

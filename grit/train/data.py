@@ -211,6 +211,34 @@ def add_default_instructions(datasets: Sequence[Dataset], query: str, passage: s
             ex.neg = [fill(t, passage) for t in ex.neg]
 
 
+def drop_short_answers(datasets: Sequence[Dataset], min_words: int) -> None:
+    """Leave out the chats whose every assistant turn has fewer than ``min_words`` words (in place; plain-text rows
+    count all their words).
+
+    Why: instruction mixes such as P3 are two-thirds label targets ("positive", "B", a span of three words). Trained
+    on those, a chat model learns to answer in one word, which the overlap metrics reward and users do not.
+    """
+    if min_words <= 0:
+        return
+    for dataset in datasets:
+        before = len(dataset.examples)
+        dataset.examples = [ex for ex in dataset.examples if answer_words(ex) >= min_words]
+        if not dataset.examples:
+            raise DataFormatError(dataset.path, None, f"holds no chat with an answer of {min_words} words or more")
+        if len(dataset.examples) < before:
+            dropped = before - len(dataset.examples)
+            log.info(
+                "%s: left out %d of %d chats with answers under %d words", dataset.path, dropped, before, min_words
+            )
+
+
+def answer_words(example: GenerativeExample) -> int:
+    """Words in the longest assistant turn (in the whole text, for plain text)."""
+    if isinstance(example.conversation, str):
+        return len(example.conversation.split())
+    return max(len(m["content"].split()) for m in example.conversation if m["role"] == "assistant")
+
+
 def read_generative_files(
     paths: Sequence[str | Path], skip_bad_lines: bool = False, exclude_heldout: bool = False
 ) -> list[Dataset]:

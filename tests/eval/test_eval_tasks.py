@@ -145,7 +145,7 @@ def test_quick_suite_runs_every_task_and_writes_results(tiny_grit, eval_data, tm
     tasks = build_suite("quick", eval_data, limit=2)
     assert [t.name for t in tasks] == [
         "stsb", "cranfield", "msmarco-dl19-5k", "banking77", "sst2", "gsm8k-ppl", "adversarialqa", "p3-instructions",
-        "adversarialqa-rag",
+        "self-instruct", "adversarialqa-rag",
     ]  # fmt: skip
     assert all(t.limit == 2 for t in tasks)
     for t in tasks:  # keep the generative tasks short: this test checks wiring, not quality

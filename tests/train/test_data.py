@@ -15,6 +15,7 @@ from grit.train.data import (
     Dataset,
     EmbeddingExample,
     add_default_instructions,
+    drop_short_answers,
     embedding_group,
     embedding_groups,
     example_rng,
@@ -280,3 +281,31 @@ def test_default_instructions_fill_only_texts_without_one(tmp_path):
     assert first.query == ("Given a premise, retrieve its entailment", "a premise")
     assert first.pos == [("", "an entailment")] and first.neg == [("", "a contradiction")]
     assert second.query == ("Own instruction", "q") and second.pos == [("Doc instruction", "p")]
+
+
+def test_drop_short_answers_keeps_chats_with_one_long_enough_answer(tmp_path):
+    rows = [
+        {"text": ["Is this review positive?", "yes"]},
+        {"text": ["Summarize.", "The council voted to close the old bridge."]},
+        {"text": ["Hi", "Hello", "And the summary?", "It rained all day in the town."]},
+        {"text": "a plain text row of seven words here"},
+    ]
+    [dataset] = read_generative_files([write_jsonl(tmp_path / "mix.jsonl", rows)])
+    drop_short_answers([dataset], 5)
+    kept = [
+        ex.conversation if isinstance(ex.conversation, str) else ex.conversation[-1]["content"]
+        for ex in dataset.examples
+    ]
+    assert kept == [
+        "The council voted to close the old bridge.",
+        "It rained all day in the town.",
+        "a plain text row of seven words here",
+    ]
+    drop_short_answers([dataset], 0)  # 0 turns the filter off
+    assert len(dataset) == 3
+
+
+def test_drop_short_answers_names_a_file_left_empty(tmp_path):
+    [dataset] = read_generative_files([write_jsonl(tmp_path / "labels.jsonl", [{"text": ["Sentiment?", "positive"]}])])
+    with pytest.raises(DataFormatError, match=r"labels.jsonl.*no chat with an answer of 3 words"):
+        drop_short_answers([dataset], 3)
