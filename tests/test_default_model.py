@@ -44,8 +44,10 @@ def test_the_default_is_the_shipped_grit_adapter(default_model, base_model):
     assert similar > unrelated + 0.2  # trained embeddings separate a paraphrase from an unrelated sentence
 
 
-def test_answers_the_capital_of_france(default_model):
-    assert "Paris" in default_model.generate("What is the capital of France?", max_new_tokens=32)
+def test_answers_the_capital_of_france_in_a_sentence(default_model):
+    answer = default_model.generate("What is the capital of France?", max_new_tokens=32)
+    # The base says "The capital of France is Paris."; a GRIT adapter trained on label-style targets said "Paris".
+    assert "Paris" in answer and len(answer.split()) >= 3, answer
 
 
 def test_embeds_with_the_right_shape(default_model):
