@@ -118,8 +118,9 @@ def columns(runs: Sequence[tuple[str, str | Path]]) -> list[Column]:
 
 
 def training_summary(folder: str | Path) -> dict[str, float]:
-    """Steps, trained tokens and wall-clock seconds of a ``grit train`` run, from its ``log.jsonl``."""
-    path = Path(folder) / "log.jsonl"
+    """Steps, trained tokens and wall-clock seconds of a ``grit train`` run, from its ``log.jsonl`` (the run folder,
+    or the log file itself, e.g. a copy committed beside the results)."""
+    path = Path(folder) / "log.jsonl" if Path(folder).is_dir() else Path(folder)
     if not path.is_file():
         raise FileNotFoundError(f"no log.jsonl in {folder}; is it a grit train output_dir?")
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -56,6 +56,7 @@ def test_training_summary_and_command(tmp_path, capsys):
     log = [{"step": 1, "tokens": 100, "seconds": 2.0}, {"step": 2, "tokens": 150, "seconds": 3.0}]
     (train / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
     assert training_summary(train) == {"steps": 2, "tokens": 250, "seconds": 5.0}
+    assert training_summary(train / "log.jsonl") == training_summary(train)  # a committed copy of the log reads too
     out = tmp_path / "claims.md"
     assert main(["report", f"tuned={run}", "--train", f"tuned={train}", "--out", str(out)]) == 0
     assert "| tuned | 2 | 250 | 5 |" in out.read_text() and "| tuned |" in capsys.readouterr().out
