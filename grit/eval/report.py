@@ -87,7 +87,10 @@ def read_runs(spec: str | Path) -> dict[str, Any]:
         names = {t["name"] for t in results.get("tasks", [])}
         merged["tasks"] = [t for t in merged["tasks"] if t["name"] not in names] + results.get("tasks", [])
         merged["models"] = list(dict.fromkeys(merged["models"] + results["models"]))
-        merged["task_settings"] = {**merged.get("task_settings", {}), **results.get("task_settings", {})}
+        # A later run's task replaces the earlier one's settings too, also where the later file predates per-model
+        # settings (it has "tasks" only): a stale per-model record would flag the task as scored differently.
+        kept = {k: v for k, v in merged.get("task_settings", {}).items() if k.rpartition("/")[2] not in names}
+        merged["task_settings"] = {**kept, **results.get("task_settings", {})}
     return merged
 
 

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from grit.cli import main
-from grit.eval.report import EMBEDDING_AVERAGE, columns, markdown, training_summary
+from grit.eval.report import EMBEDDING_AVERAGE, columns, differing_settings, markdown, training_summary
 
 EMBEDDING = {"stsb": ("spearman", 0.5), "cranfield": ("ndcg@10", 0.3), "msmarco-dl19-5k": ("ndcg@10", 0.4),
              "banking77": ("accuracy", 0.6), "sst2": ("accuracy", 0.7)}  # fmt: skip
@@ -76,3 +76,15 @@ def test_runs_of_one_model_join_with_plus(tmp_path):
     other = write_run(tmp_path / "c", "other", {"stsb": ("spearman", 0.1)})
     with pytest.raises(ValueError, match="is a run of other"):
         columns([("m", f"{first}+{other}")])
+
+
+def test_a_later_run_replaces_the_settings_of_its_tasks(tmp_path):
+    first = write_run(tmp_path / "a", "m", {"stsb": ("spearman", 0.5)}, limit=10)
+    results = json.loads((first / "results.json").read_text())
+    results["task_settings"] = {"m/stsb": {"name": "stsb", "limit": 10}}  # per-model record of the older run
+    (first / "results.json").write_text(json.dumps(results))
+    second = write_run(tmp_path / "b", "m", {"stsb": ("spearman", 0.6)}, limit=20)  # a file without that record
+    peer = write_run(tmp_path / "c", "peer", {"stsb": ("spearman", 0.7)}, limit=20)
+    cols = columns([("m", f"{first}+{second}"), ("peer", str(peer))])
+    assert cols[0].settings["stsb"] == {"name": "stsb", "limit": 20}
+    assert differing_settings(cols) == []
