@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 # --- suites -----------------------------------------------------------------------------------------------------
 
+CHECKOUT = Path(grit.__file__).resolve().parents[1]  # the folder that holds grit/, data/ and tests/
+
 
 def default_data_dir() -> Path:
     """$GRIT_DATA, else ``shared/data`` beside the working directory or beside the grit checkout."""
@@ -43,7 +45,7 @@ def default_data_dir() -> Path:
     candidates = [
         Path.cwd().parent / "shared" / "data",
         Path.cwd() / "shared" / "data",
-        Path(grit.__file__).resolve().parents[2] / "shared" / "data",
+        CHECKOUT.parent / "shared" / "data",
     ]
     return next((c for c in candidates if c.is_dir()), candidates[0])
 
@@ -51,7 +53,7 @@ def default_data_dir() -> Path:
 def project_data_dir() -> Path:
     """``data/`` of the grit checkout: the small sets committed with grit (``data/README.md``), as opposed to the
     shared ones of ``default_data_dir``."""
-    return Path(grit.__file__).resolve().parents[1] / "data"
+    return CHECKOUT / "data"
 
 
 def chat_tasks() -> list[Task]:
