@@ -136,6 +136,11 @@ class TrainConfig:
     lr: float = opt(2e-5, "Peak learning rate (AdamW).")
     weight_decay: float = opt(0.0, "AdamW weight decay.")
     max_grad_norm: float = opt(1.0, "Clip the gradient norm to this; 0 turns clipping off.")
+    clip_per_loss: bool = opt(
+        False,
+        "Unified: clip the contrastive and the next-token gradient to max_grad_norm each, then add them (the "
+        "contrastive one can be 100x larger and would otherwise take nearly all of one shared clip).",
+    )
     scheduler: Literal["linear", "cosine", "constant"] = opt("linear", "Learning-rate decay after warmup.")
     warmup_steps: int = opt(0, "Linear warmup steps; > 0 wins over warmup_ratio.")
     warmup_ratio: float = opt(0.03, "Warmup as a fraction of all optimizer steps, in [0, 1) (GritLM: 0.03).")

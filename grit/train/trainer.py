@@ -15,8 +15,10 @@ single ``compute_loss`` does not fit without copying its internals (as GritLM di
 
     output_dir/
         train_config.json     the run's config
-        log.jsonl             one line per step: step, loss, loss_emb, loss_gen, lr, grad_norm, tokens, truncated,
-                              seconds (this step's wall time; tokens / seconds is the throughput)
+        log.jsonl             one line per step: step, loss, loss_emb, loss_gen, lr, grad_norm (of the gradient the
+                              optimizer gets, before clipping unless clip_per_loss), grad_norm_emb and grad_norm_gen
+                              (unified: each loss's own, before clipping), tokens, truncated, seconds (this step's
+                              wall time; tokens / seconds is the throughput)
         checkpoint-<step>/    every save_every steps and at the end (checkpoint.py); a restart resumes from the newest
         final/                the trained model, LoRA merged in: GritModel.load(output_dir / "final")
         adapter/              LoRA only: the adapter alone, in peft's format, with train_config.json
@@ -37,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from grit.loading import write_folder_atomically
@@ -156,6 +159,22 @@ def truncate_log(path: Path, step: int) -> None:
     path.write_text("".join(line for line in lines if line.strip() and json.loads(line)["step"] <= step))
 
 
+def add_gradients(params: list[torch.nn.Parameter], earlier: list[Tensor | None] | None) -> list[Tensor | None]:
+    """Move the parameters' ``.grad`` into the running sum ``earlier`` (None: nothing yet) and clear them, so the
+    next part of the step starts from zero."""
+    grads = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    if earlier is None:
+        return grads
+    return [a if b is None else b if a is None else a.add_(b) for a, b in zip(earlier, grads)]
+
+
+def restore_gradients(params: list[torch.nn.Parameter], summed: list[Tensor | None] | None) -> None:
+    for p, grad in zip(params, summed or [None] * len(params)):
+        p.grad = grad
+
+
 def optimizer_step(
     trainee: Trainee,
     next_batch: Callable[[], tuple[EmbeddingBatch | None, GenerativeBatch | None]],
@@ -170,13 +189,25 @@ def optimizer_step(
     start = time.perf_counter()
     accum = cfg.gradient_accumulation
     sums = torch.zeros(4, dtype=torch.float64)  # loss_emb, loss_gen, tokens, truncated
-    for _ in range(accum):
-        emb, gen = next_batch()
-        m = micro_step(trainee.lm, emb, gen, cfg, d, scale=1 / accum, dtype=trainee.compute_dtype)
-        cut = (emb.truncated if emb else 0) + (gen.truncated if gen else 0)
-        sums += torch.tensor([m.emb or 0.0, m.gen or 0.0, m.tokens, cut], dtype=torch.float64)
-    all_reduce_grads(params, d)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
+    batches = [next_batch() for _ in range(accum)]
+    # Unified: the contrastive and the next-token gradients are made one after the other, so each one's norm is
+    # known (logged) and, with clip_per_loss, each is clipped on its own before they are added.
+    if cfg.mode == "unified":
+        parts = [[(emb, None) for emb, _ in batches], [(None, gen) for _, gen in batches]]
+    else:
+        parts = [batches]
+    part_limit = cfg.max_grad_norm if cfg.clip_per_loss else 0.0
+    part_norms, earlier = [], None
+    for part in parts:
+        for emb, gen in part:
+            m = micro_step(trainee.lm, emb, gen, cfg, d, scale=1 / accum, dtype=trainee.compute_dtype)
+            cut = (emb.truncated if emb else 0) + (gen.truncated if gen else 0)
+            sums += torch.tensor([m.emb or 0.0, m.gen or 0.0, m.tokens, cut], dtype=torch.float64)
+        all_reduce_grads(params, d)
+        part_norms.append(float(torch.nn.utils.clip_grad_norm_(params, part_limit or math.inf)))
+        earlier = add_gradients(params, earlier)
+    restore_gradients(params, earlier)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, (0.0 if cfg.clip_per_loss else cfg.max_grad_norm) or math.inf)
     lr = scheduler.get_last_lr()[0]  # the rate this step uses
     optimizer.step()
     scheduler.step()
@@ -192,6 +223,8 @@ def optimizer_step(
         "loss_gen": loss_gen,
         "lr": lr,
         "grad_norm": float(grad_norm),
+        "grad_norm_emb": part_norms[0] if cfg.mode == "unified" else None,
+        "grad_norm_gen": part_norms[1] if cfg.mode == "unified" else None,
         "tokens": int(tokens),
         "truncated": int(cut),
         "seconds": time.perf_counter() - start,

@@ -1,4 +1,5 @@
-"""One micro-step: the losses it reports and the gradients it leaves are those of GRIT's summed loss."""
+"""One micro-step: the losses it reports and the gradients it leaves are those of GRIT's summed loss. One
+optimizer step: the gradient it applies is clipped over the sum, or per loss with ``clip_per_loss``."""
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from grit.train.data import EmbeddingGroup, parse_embedding, parse_generative
 from grit.train.distributed import Dist
 from grit.train.losses import contrastive_loss, next_token_loss, trained_tokens
 from grit.train.step import embed, generative, micro_step
+from grit.train.trainer import optimizer_step
 
 from .trainutil import EMBEDDING_ROWS, GENERATIVE_ROWS
 
@@ -61,3 +63,41 @@ def test_unified_micro_step_is_the_gradient_of_the_weighted_sum(model, batches):
     for name, param in lm.named_parameters():
         torch.testing.assert_close(got[name], param.grad, rtol=1e-5, atol=1e-7, msg=lambda msg, n=name: f"{n}: {msg}")
     lm.zero_grad(set_to_none=True)
+
+
+def gradient_of(lm: torch.nn.Module, emb, gen, cfg: TrainConfig) -> list[torch.Tensor]:
+    micro_step(lm, emb, gen, cfg, Dist())
+    grads = [p.grad.clone() for p in lm.parameters()]
+    lm.zero_grad(set_to_none=True)
+    return grads
+
+
+def clipped(grads: list[torch.Tensor], limit: float) -> tuple[list[torch.Tensor], float]:
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
+    return [g * min(1.0, limit / norm) for g in grads], norm
+
+
+@pytest.mark.parametrize("per_loss", [False, True])
+def test_optimizer_step_clips_the_sum_or_each_loss(tiny_model_path, batches, per_loss):
+    emb, gen = batches
+    lm = GritModel.load(tiny_model_path, dtype="float32", device="cpu").lm  # its own copy: this test moves weights
+    limit = 1e-3  # below both gradients' norms, so both ways clip
+    cfg = config(loss_gen_factor=0.5, max_grad_norm=limit, clip_per_loss=per_loss)
+    g_emb, g_gen = gradient_of(lm, emb, None, cfg), gradient_of(lm, None, gen, cfg)
+    (c_emb, n_emb), (c_gen, n_gen) = clipped(g_emb, limit), clipped(g_gen, limit)
+    if per_loss:
+        expected = [a + b for a, b in zip(c_emb, c_gen)]
+    else:
+        expected, _ = clipped([a + b for a, b in zip(g_emb, g_gen)], limit)
+    params = list(lm.parameters())
+    before = [p.detach().clone() for p in params]
+    rate = 1e3  # SGD: each weight moves by -rate * the applied gradient, far above float32 rounding of the weight
+    optimizer = torch.optim.SGD(params, lr=rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    trainee = type("Trainee", (), {"lm": lm, "compute_dtype": torch.float32})()
+    record = optimizer_step(trainee, lambda: (emb, gen), optimizer, scheduler, params, cfg, Dist())
+    assert record["grad_norm_emb"] == pytest.approx(n_emb, rel=1e-4)
+    assert record["grad_norm_gen"] == pytest.approx(n_gen, rel=1e-4)
+    assert min(n_emb, n_gen) > limit  # else the two ways would not differ
+    for old, new, want in zip(before, params, expected):
+        torch.testing.assert_close(old - new.detach(), rate * want, rtol=1e-3, atol=1e-5)
