@@ -148,11 +148,18 @@ def fmt(value: float | None, digits: int = 4) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def markdown(cols: Sequence[Column], training: dict[str, dict[str, float]] | None = None) -> str:
-    """The comparison table (tasks × models) and, when given, a training table."""
+def markdown(
+    cols: Sequence[Column],
+    training: dict[str, dict[str, float]] | None = None,
+    averages: Sequence[Sequence[str]] = (),
+) -> str:
+    """The comparison table (tasks × models) and, when given, a training table. ``averages``: more task lists to
+    average, each its own row (e.g. the tasks that every column has, when some runs scored a part of a suite)."""
     header = "| task | metric | " + " | ".join(c.label for c in cols) + " |"
     lines = [header, "|---|---|" + "---:|" * len(cols)]
-    for name, tasks in (("embedding average", EMBEDDING_AVERAGE), ("generative average", GENERATIVE_AVERAGE)):
+    rows = [("embedding average", EMBEDDING_AVERAGE), ("generative average", GENERATIVE_AVERAGE)]
+    rows += [("average of " + ", ".join(tasks), tasks) for tasks in averages]
+    for name, tasks in rows:
         lines.append(f"| **{name}** | | " + " | ".join(f"**{fmt(c.average(tasks))}**" for c in cols) + " |")
     metrics = [(t, m) for t, m in HEADLINE.items()] + [("adversarialqa-rag", m) for m in RAG_METRICS]
     for task, metric in metrics:
@@ -180,10 +187,18 @@ def parse_pairs(items: Sequence[str], what: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def check_tasks(tasks: Sequence[str]) -> list[str]:
+    unknown = [t for t in tasks if t not in HEADLINE]
+    if unknown or not tasks:
+        raise ValueError(f"--average: unknown task(s) {unknown or tasks}; known: {', '.join(HEADLINE)}")
+    return list(tasks)
+
+
 def report_command(args: Any) -> int:
     runs = parse_pairs(args.runs, "run")
     training = {label: training_summary(path) for label, path in parse_pairs(args.train or [], "--train")}
-    text = markdown(columns(runs), training)
+    averages = [check_tasks(spec.split(",")) for spec in args.average or []]
+    text = markdown(columns(runs), training, averages)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
@@ -203,5 +218,11 @@ def add_report_command(subparsers: Any) -> None:
         help="LABEL=FOLDER of a grit eval run (its results.json); FOLDER+FOLDER joins runs of one model",
     )
     p.add_argument("--train", nargs="*", help="LABEL=FOLDER of a grit train run: steps, tokens and time")
+    p.add_argument(
+        "--average",
+        action="append",
+        metavar="TASKS",
+        help="also show the average of these comma-separated tasks (repeatable), e.g. those every column scored",
+    )
     p.add_argument("--out", help="also write the table to this Markdown file")
     p.set_defaults(handler=report_command)

@@ -67,6 +67,17 @@ def test_training_summary_and_command(tmp_path, capsys):
     assert "no results.json" in capsys.readouterr().err
 
 
+def test_average_of_chosen_tasks(tmp_path, capsys):
+    full = write_run(tmp_path / "full", "a", EMBEDDING)
+    part = write_run(tmp_path / "part", "b", {t: EMBEDDING[t] for t in ("stsb", "sst2")})
+    assert main(["report", f"full={full}", f"part={part}", "--average", "stsb,sst2"]) == 0
+    table = capsys.readouterr().out
+    assert "| **embedding average** | | **0.5000** | **–** |" in table  # part lacks three tasks
+    assert "| **average of stsb, sst2** | | **0.6000** | **0.6000** |" in table
+    assert main(["report", f"full={full}", "--average", "stsb,nope"]) == 2
+    assert "unknown task(s) ['nope']" in capsys.readouterr().err
+
+
 def test_runs_of_one_model_join_with_plus(tmp_path):
     first = write_run(tmp_path / "a", "m", {"stsb": ("spearman", 0.5), "sst2": ("accuracy", 0.6)})
     second = write_run(tmp_path / "b", "m", {"sst2": ("accuracy", 0.7), "banking77": ("accuracy", 0.4)})
