@@ -170,8 +170,8 @@ def add_gradients(params: list[torch.nn.Parameter], earlier: list[Tensor | None]
     return [a if b is None else b if a is None else a.add_(b) for a, b in zip(earlier, grads)]
 
 
-def restore_gradients(params: list[torch.nn.Parameter], summed: list[Tensor | None] | None) -> None:
-    for p, grad in zip(params, summed or [None] * len(params)):
+def restore_gradients(params: list[torch.nn.Parameter], summed: list[Tensor | None]) -> None:
+    for p, grad in zip(params, summed):
         p.grad = grad
 
 
@@ -196,7 +196,8 @@ def optimizer_step(
         parts = [[(emb, None) for emb, _ in batches], [(None, gen) for _, gen in batches]]
     else:
         parts = [batches]
-    part_limit = cfg.max_grad_norm if cfg.clip_per_loss else 0.0
+    per_loss = cfg.clip_per_loss and len(parts) > 1  # clip each part, not their sum
+    part_limit = cfg.max_grad_norm if per_loss else 0.0
     part_norms, earlier = [], None
     for part in parts:
         for emb, gen in part:
@@ -204,10 +205,12 @@ def optimizer_step(
             cut = (emb.truncated if emb else 0) + (gen.truncated if gen else 0)
             sums += torch.tensor([m.emb or 0.0, m.gen or 0.0, m.tokens, cut], dtype=torch.float64)
         all_reduce_grads(params, d)
-        part_norms.append(float(torch.nn.utils.clip_grad_norm_(params, part_limit or math.inf)))
-        earlier = add_gradients(params, earlier)
-    restore_gradients(params, earlier)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, (0.0 if cfg.clip_per_loss else cfg.max_grad_norm) or math.inf)
+        if len(parts) > 1:  # one part: its norm is the step's, taken below
+            part_norms.append(float(torch.nn.utils.clip_grad_norm_(params, part_limit or math.inf)))
+            earlier = add_gradients(params, earlier)
+    if earlier is not None:
+        restore_gradients(params, earlier)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, (0.0 if per_loss else cfg.max_grad_norm) or math.inf)
     lr = scheduler.get_last_lr()[0]  # the rate this step uses
     optimizer.step()
     scheduler.step()
