@@ -169,7 +169,11 @@ def run_generate(
 def finish(tokenizer, ids: torch.Tensor, out: torch.Tensor, params: SamplingParams, cancel=None) -> Generation:
     """Decode what ``run_generate`` produced after the prompt ``ids``: text cut at the first stop string, counts,
     and why it ended."""
-    new = out[0, ids.shape[1] :]
+    return finish_tokens(tokenizer, ids.shape[1], out[0, ids.shape[1] :], params, cancel)
+
+
+def finish_tokens(tokenizer, prompt_tokens: int, new: torch.Tensor, params: SamplingParams, cancel=None) -> Generation:
+    """``finish`` for the generated tokens ``new`` (1-D) of a prompt of ``prompt_tokens`` tokens."""
     text, stopped = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), params.stop)
     eos = tokenizer.eos_token_id
     ended = stopped or (len(new) > 0 and eos is not None and int(new[-1]) in _as_set(eos))
@@ -179,7 +183,7 @@ def finish(tokenizer, ids: torch.Tensor, out: torch.Tensor, params: SamplingPara
         reason = "length"
     else:
         reason = "cancelled" if cancel is not None and cancel.is_set() else "stop"
-    return Generation(text, ids.shape[1], len(new), reason)
+    return Generation(text, prompt_tokens, len(new), reason)
 
 
 def _as_set(token_ids) -> set[int]:
@@ -192,6 +196,71 @@ def complete(
     """Generate to the end and return text, token counts and finish reason."""
     out = run_generate(model, tokenizer, ids, params, None, cancel, past_key_values, gate)
     return finish(tokenizer, ids, out, params, cancel)
+
+
+def complete_batch(
+    model, tokenizer, prompts: Sequence[torch.Tensor], params: SamplingParams, batch_size: int = 8
+) -> list[Generation]:
+    """``complete`` for many prompts (each (1, T)), ``batch_size`` at a time, in input order.
+
+    A decoding step reads every weight once whatever the batch, so where a small model's step is bound by memory
+    (a CPU) a step for eight prompts costs far less than eight steps: about 2.2 times one on this project's 2-core
+    machine. Prefill gains nothing (it is bound by compute already). Prompts are left-padded (the attention mask
+    hides the pads and positions count real tokens only), and grouped by length so a batch pads little
+    (``length_groups``). Greedy answers are the unbatched ones (tests/test_generate.py checks it); with sampling,
+    ``seed`` seeds each batch, so they differ.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    config = generation_config(model, params, tokenizer)
+    pad = config.pad_token_id
+    ends = _as_set(tokenizer.eos_token_id) if tokenizer.eos_token_id is not None else set()
+    out: list[Generation | None] = [None] * len(prompts)
+    for group in length_groups([p.shape[1] for p in prompts], batch_size):
+        width = prompts[group[-1]].shape[1]
+        ids = torch.full((len(group), width), pad, dtype=torch.long, device=prompts[group[0]].device)
+        mask = torch.zeros_like(ids)
+        for row, i in enumerate(group):
+            n = prompts[i].shape[1]
+            ids[row, width - n :] = prompts[i][0]
+            mask[row, width - n :] = 1
+        with torch.inference_mode():
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            generated = model.generate(
+                input_ids=ids, attention_mask=mask, generation_config=config, tokenizer=tokenizer
+            )
+        for row, i in enumerate(group):
+            out[i] = finish_tokens(
+                tokenizer, prompts[i].shape[1], own_tokens(generated[row, width:], ends, pad), params
+            )
+    return out  # type: ignore[return-value]
+
+
+def length_groups(lengths: Sequence[int], batch_size: int, slack: float = 1.25) -> list[list[int]]:
+    """Indices grouped into batches of similar length: sorted, at most ``batch_size`` each, and none more than
+    ``slack`` times (plus 16 tokens) as long as its shortest. One long prompt would pad a batch of short ones to
+    its length, and prefill, which batching does not speed up on a CPU, would cost the batch's size times more."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        last = groups[-1] if groups else None
+        if last and len(last) < batch_size and lengths[i] <= slack * lengths[last[0]] + 16:
+            last.append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def own_tokens(new: torch.Tensor, ends: set[int], pad: int) -> torch.Tensor:
+    """A batch row's generated tokens without what follows its end: once a row is done, generate pads it while the
+    others go on."""
+    for k, token in enumerate(new.tolist()):
+        if token in ends:
+            return new[: k + 1]
+    n = len(new)
+    while n > 0 and int(new[n - 1]) == pad:
+        n -= 1
+    return new[:n]
 
 
 def generate_text(model, tokenizer, ids: torch.Tensor, params: SamplingParams, past_key_values=None) -> str:

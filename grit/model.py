@@ -215,6 +215,29 @@ class GritModel:
         params = SamplingParams(max_new_tokens, temperature, top_p, stop or [], seed)
         return generation.generate_text(self.lm, self.tokenizer, self._prompt_ids(prompt_or_messages, params), params)
 
+    def generate_batch(
+        self,
+        prompts: Sequence[str | Sequence[Message]],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        batch_size: int = 8,
+    ) -> list[str]:
+        """``generate`` for many prompts or chats, ``batch_size`` decoded together (several times the throughput on
+        a CPU); answers in input order, greedy ones equal to ``generate``'s. Every prompt is checked before any is
+        generated: one that does not fit the context raises ValueError naming its index."""
+        params = SamplingParams(max_new_tokens, temperature, top_p, stop or [], seed)
+        ids = []
+        for i, prompt in enumerate(prompts):
+            try:
+                ids.append(self._prompt_ids(prompt, params))
+            except ValueError as e:
+                raise ValueError(f"prompt {i}: {e}") from e
+        done = generation.complete_batch(self.lm, self.tokenizer, ids, params, batch_size)
+        return [g.text for g in done]
+
     def chat(
         self,
         messages: str | Sequence[Message],

@@ -70,3 +70,49 @@ def test_bad_generation_settings(tiny_grit):
         tiny_grit.generate("word " * 600, max_new_tokens=8)
     with pytest.raises(TypeError, match="stop must be"):
         tiny_grit.generate(PROMPT, stop=[1])
+
+
+PROMPTS = [PROMPT, "Hi", "Write a long and careful story about three cats, a dog and the sea.", "2+2?", "Why?"]
+
+
+def test_batched_greedy_equals_one_at_a_time(tiny_grit):
+    # Five prompts of different lengths in batches of two and three: rows are left-padded by different amounts.
+    one_by_one = [tiny_grit.generate(p, max_new_tokens=10) for p in PROMPTS]
+    assert tiny_grit.generate_batch(PROMPTS, max_new_tokens=10, batch_size=3) == one_by_one
+    assert tiny_grit.generate_batch(PROMPTS, max_new_tokens=10, batch_size=2) == one_by_one
+    chats = [[{"role": "user", "content": p}] for p in PROMPTS[:2]]
+    assert tiny_grit.generate_batch(chats, max_new_tokens=10) == one_by_one[:2]
+
+
+def test_batched_stop_strings_and_bad_prompts(tiny_grit):
+    full = tiny_grit.generate(PROMPT, max_new_tokens=20)
+    stop = full[6:9]
+    texts = tiny_grit.generate_batch([PROMPT, "Hi"], max_new_tokens=20, stop=stop, batch_size=2)
+    assert stop not in texts[0] and full.startswith(texts[0]) and len(texts[0]) < len(full)
+    assert texts == [tiny_grit.generate(p, max_new_tokens=20, stop=stop) for p in (PROMPT, "Hi")]
+    with pytest.raises(ValueError, match="prompt 1: .*exceeds the model's context"):
+        tiny_grit.generate_batch(["Hi", "word " * 600], max_new_tokens=8)
+    with pytest.raises(ValueError, match="batch_size"):
+        tiny_grit.generate_batch(["Hi"], batch_size=0)
+
+
+def test_a_finished_row_drops_the_padding_after_its_end():
+    from grit.generation import own_tokens
+
+    ends, pad = {2}, 0
+    assert own_tokens(torch.tensor([5, 7, 2, 0, 0]), ends, pad).tolist() == [5, 7, 2]  # ended at the end token
+    assert own_tokens(torch.tensor([5, 7, 9, 0, 0]), ends, pad).tolist() == [5, 7, 9]  # ended at a stop string
+    assert own_tokens(torch.tensor([5, 7, 9]), ends, pad).tolist() == [5, 7, 9]  # ran to max_new_tokens
+    assert own_tokens(torch.tensor([5, 2, 0]), {2}, 2).tolist() == [5, 2]  # pad is the end token
+
+
+def test_length_groups_keep_long_prompts_apart():
+    from grit.generation import length_groups
+
+    lengths = [40, 1350, 48, 41, 60, 46, 43, 50]
+    groups = length_groups(lengths, batch_size=4)
+    assert sorted(i for g in groups for i in g) == list(range(8))  # every prompt once
+    assert all(len(g) <= 4 for g in groups)
+    assert [1] in groups  # the long one alone
+    assert groups[0] == [0, 3, 6, 5]  # shortest first, in order of length
+    assert length_groups([10, 10, 10], batch_size=1) == [[0], [1], [2]]

@@ -50,14 +50,28 @@ def fits(model: Any, prompt: str | list[dict[str, str]], max_new_tokens: int) ->
     return len(chat_ids(model, messages)) + max_new_tokens <= model.context_length
 
 
+# Prompts decoded together by a model that can (GritModel.generate_batch): several times the throughput on a CPU,
+# and greedy answers equal to one-at-a-time ones, so scores do not depend on it.
+GENERATION_BATCH = 8
+
+
 def generate_all(model: Any, prompts: list[Any], max_new_tokens: int, desc: str) -> list[str | None]:
     """Greedy answers in order; None where the prompt does not fit (counted in one warning)."""
-    out: list[str | None] = []
-    for prompt in tqdm(prompts, desc=desc, unit="prompt"):
-        if fits(model, prompt, max_new_tokens):
-            out.append(model.generate(prompt, max_new_tokens=max_new_tokens, temperature=0.0))
-        else:
-            out.append(None)
+    out: list[str | None] = [None] * len(prompts)
+    fit = [i for i, prompt in enumerate(prompts) if fits(model, prompt, max_new_tokens)]
+    batched = getattr(model, "generate_batch", None)
+    # Hand the model several batches at once: it sorts them by length, so its batches pad little.
+    step = 8 * GENERATION_BATCH if batched else 1
+    with tqdm(total=len(fit), desc=desc, unit="prompt") as bar:
+        for start in range(0, len(fit), step):
+            chunk = fit[start : start + step]
+            if batched:
+                texts = batched([prompts[i] for i in chunk], max_new_tokens, 0.0, batch_size=GENERATION_BATCH)
+            else:
+                texts = [model.generate(prompts[chunk[0]], max_new_tokens=max_new_tokens, temperature=0.0)]
+            for i, text in zip(chunk, texts, strict=True):
+                out[i] = text
+            bar.update(len(chunk))
     if skipped := sum(x is None for x in out):
         log.warning(
             "%s: %d of %d prompts do not fit the context with max_new_tokens=%d and were left out",

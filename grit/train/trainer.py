@@ -167,11 +167,11 @@ def add_gradients(params: list[torch.nn.Parameter], earlier: list[Tensor | None]
         p.grad = None
     if earlier is None:
         return grads
-    return [a if b is None else b if a is None else a.add_(b) for a, b in zip(earlier, grads)]
+    return [a if b is None else b if a is None else a.add_(b) for a, b in zip(earlier, grads, strict=True)]
 
 
 def restore_gradients(params: list[torch.nn.Parameter], summed: list[Tensor | None]) -> None:
-    for p, grad in zip(params, summed):
+    for p, grad in zip(params, summed, strict=True):
         p.grad = grad
 
 

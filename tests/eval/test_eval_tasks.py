@@ -135,6 +135,20 @@ def test_generative_tasks(tiny_grit, eval_data):
     assert ins.n + ins.skipped == 2 and set(ins.metrics) == {"token_f1", "rouge_l", "exact_match"}
 
 
+def test_generate_all_batches_when_the_model_can_and_answers_the_same(tiny_grit):
+    from grit.eval.generative_tasks import generate_all
+
+    class OneAtATime:  # a generator without generate_batch: the plain path
+        def generate(self, prompt, **kwargs):
+            return tiny_grit.generate(prompt, **kwargs)
+
+    prompts = ["Hi", "word " * 600, "Tell me about the json module.", [{"role": "user", "content": "2+2?"}]]
+    batched = generate_all(tiny_grit, prompts, 6, "t")
+    assert batched[1] is None and all(isinstance(batched[i], str) for i in (0, 2, 3))  # the long one does not fit
+    one = generate_all(OneAtATime(), [p for i, p in enumerate(prompts) if i != 1], 6, "t")
+    assert one == [batched[i] for i in (0, 2, 3)]
+
+
 def test_tasks_support_only_what_a_model_can_do(tiny_grit, eval_data):
     bm25 = BM25Retriever()
     assert not STSTask("s", eval_data).supports(bm25) and RetrievalTask("r", eval_data, "").supports(bm25)

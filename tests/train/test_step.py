@@ -86,9 +86,9 @@ def test_optimizer_step_clips_the_sum_or_each_loss(tiny_model_path, batches, per
     g_emb, g_gen = gradient_of(lm, emb, None, cfg), gradient_of(lm, None, gen, cfg)
     (c_emb, n_emb), (c_gen, n_gen) = clipped(g_emb, limit), clipped(g_gen, limit)
     if per_loss:
-        expected = [a + b for a, b in zip(c_emb, c_gen)]
+        expected = [a + b for a, b in zip(c_emb, c_gen, strict=True)]
     else:
-        expected, _ = clipped([a + b for a, b in zip(g_emb, g_gen)], limit)
+        expected, _ = clipped([a + b for a, b in zip(g_emb, g_gen, strict=True)], limit)
     params = list(lm.parameters())
     before = [p.detach().clone() for p in params]
     rate = 1e3  # SGD: each weight moves by -rate * the applied gradient, far above float32 rounding of the weight
@@ -99,5 +99,5 @@ def test_optimizer_step_clips_the_sum_or_each_loss(tiny_model_path, batches, per
     assert record["grad_norm_emb"] == pytest.approx(n_emb, rel=1e-4)
     assert record["grad_norm_gen"] == pytest.approx(n_gen, rel=1e-4)
     assert min(n_emb, n_gen) > limit  # else the two ways would not differ
-    for old, new, want in zip(before, params, expected):
+    for old, new, want in zip(before, params, expected, strict=True):
         torch.testing.assert_close(old - new.detach(), rate * want, rtol=1e-3, atol=1e-5)

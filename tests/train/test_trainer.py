@@ -34,8 +34,19 @@ def test_each_mode_lowers_its_loss(tiny_model_path, train_data, tmp_path, mode):
     final = train(tiny_config(tiny_model_path, train_data, tmp_path, mode=mode))
     log = read_log(tmp_path)
     assert [r["step"] for r in log] == list(range(1, 31))
-    assert set(log[0]) == {"step", "loss", "loss_emb", "loss_gen", "lr", "grad_norm", "grad_norm_emb", "grad_norm_gen",
-                           "tokens", "truncated", "seconds"}
+    assert set(log[0]) == {
+        "step",
+        "loss",
+        "loss_emb",
+        "loss_gen",
+        "lr",
+        "grad_norm",
+        "grad_norm_emb",
+        "grad_norm_gen",
+        "tokens",
+        "truncated",
+        "seconds",
+    }
     assert all((r["grad_norm_emb"] is None) == (mode != "unified") for r in log)
     assert log[0]["lr"] == 0 and log[1]["lr"] == pytest.approx(3e-3)  # one warm-up step, then linear decay
     kinds = {"embedding": ["loss_emb"], "generative": ["loss_gen"], "unified": ["loss_emb", "loss_gen"]}[mode]
