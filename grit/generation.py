@@ -144,9 +144,11 @@ def run_generate(
     cancel=None,
     past_key_values=None,
     gate: Gate | None = None,
+    attention_mask: torch.Tensor | None = None,
 ):
-    """transformers' generate on ``ids`` (1, T). ``past_key_values`` may already hold the states of the first
-    tokens of ``ids`` (RAG cache reuse); generate then runs only the rest through the model."""
+    """transformers' generate on ``ids`` (B, T); ``attention_mask`` hides left padding (default: none).
+    ``past_key_values`` may already hold the states of the first tokens of ``ids`` (RAG cache reuse); generate then
+    runs only the rest through the model."""
     criteria = StoppingCriteriaList()
     if cancel is not None:
         criteria.append(StopOnEvent(cancel))
@@ -157,7 +159,7 @@ def run_generate(
             torch.manual_seed(params.seed)
         return model.generate(
             input_ids=ids,
-            attention_mask=torch.ones_like(ids),
+            attention_mask=torch.ones_like(ids) if attention_mask is None else attention_mask,
             generation_config=generation_config(model, params, tokenizer),
             tokenizer=tokenizer,  # needed by stop_strings
             stopping_criteria=criteria or None,
@@ -212,8 +214,7 @@ def complete_batch(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    config = generation_config(model, params, tokenizer)
-    pad = config.pad_token_id
+    pad = generation_config(model, params, tokenizer).pad_token_id
     ends = _as_set(tokenizer.eos_token_id) if tokenizer.eos_token_id is not None else set()
     out: list[Generation | None] = [None] * len(prompts)
     for group in length_groups([p.shape[1] for p in prompts], batch_size):
@@ -224,12 +225,7 @@ def complete_batch(
             n = prompts[i].shape[1]
             ids[row, width - n :] = prompts[i][0]
             mask[row, width - n :] = 1
-        with torch.inference_mode():
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
-            generated = model.generate(
-                input_ids=ids, attention_mask=mask, generation_config=config, tokenizer=tokenizer
-            )
+        generated = run_generate(model, tokenizer, ids, params, attention_mask=mask)
         for row, i in enumerate(group):
             out[i] = finish_tokens(
                 tokenizer, prompts[i].shape[1], own_tokens(generated[row, width:], ends, pad), params

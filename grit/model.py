@@ -225,9 +225,10 @@ class GritModel:
         seed: int | None = None,
         batch_size: int = 8,
     ) -> list[str]:
-        """``generate`` for many prompts or chats, ``batch_size`` decoded together (several times the throughput on
-        a CPU); answers in input order, greedy ones equal to ``generate``'s. Every prompt is checked before any is
-        generated: one that does not fit the context raises ValueError naming its index."""
+        """``generate`` for many prompts or chats, ``batch_size`` decoded together (about twice the prompts per
+        second on a 2-core CPU, bench/generate_batch.py); answers in input order, greedy ones equal to
+        ``generate``'s. Every prompt is checked before any is generated: one that does not fit the context raises
+        ValueError naming its index."""
         params = SamplingParams(max_new_tokens, temperature, top_p, stop or [], seed)
         ids = []
         for i, prompt in enumerate(prompts):

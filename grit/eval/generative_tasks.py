@@ -50,8 +50,8 @@ def fits(model: Any, prompt: str | list[dict[str, str]], max_new_tokens: int) ->
     return len(chat_ids(model, messages)) + max_new_tokens <= model.context_length
 
 
-# Prompts decoded together by a model that can (GritModel.generate_batch): several times the throughput on a CPU,
-# and greedy answers equal to one-at-a-time ones, so scores do not depend on it.
+# Prompts decoded together by a model that can (GritModel.generate_batch): about twice the prompts per second on a
+# 2-core CPU, and greedy answers equal to one-at-a-time ones, so scores do not depend on it.
 GENERATION_BATCH = 8
 
 
@@ -60,7 +60,7 @@ def generate_all(model: Any, prompts: list[Any], max_new_tokens: int, desc: str)
     out: list[str | None] = [None] * len(prompts)
     fit = [i for i, prompt in enumerate(prompts) if fits(model, prompt, max_new_tokens)]
     batched = getattr(model, "generate_batch", None)
-    # Hand the model several batches at once: it sorts them by length, so its batches pad little.
+    # Hand the model several batches at once: it groups them by length, so its batches pad little.
     step = 8 * GENERATION_BATCH if batched else 1
     with tqdm(total=len(fit), desc=desc, unit="prompt") as bar:
         for start in range(0, len(fit), step):
