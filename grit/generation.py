@@ -201,7 +201,13 @@ def complete(
 
 
 def complete_batch(
-    model, tokenizer, prompts: Sequence[torch.Tensor], params: SamplingParams, batch_size: int = 8
+    model,
+    tokenizer,
+    prompts: Sequence[torch.Tensor],
+    params: SamplingParams,
+    batch_size: int = 8,
+    cancel: threading.Event | None = None,
+    gate: Gate | None = None,
 ) -> list[Generation]:
     """``complete`` for many prompts (each (1, T)), ``batch_size`` at a time, in input order.
 
@@ -210,7 +216,8 @@ def complete_batch(
     machine. Prefill gains nothing (it is bound by compute already). Prompts are left-padded (the attention mask
     hides the pads and positions count real tokens only), and grouped by length so a batch pads little
     (``length_groups``). Greedy answers are the unbatched ones (tests/test_generate.py checks it); with sampling,
-    ``seed`` seeds each batch, so they differ.
+    ``seed`` seeds each batch, so they differ. ``cancel`` ends the batch under way and skips the rest (their
+    answers are empty, "cancelled"); ``gate`` is held per batch and offered to waiting work after every token.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -225,11 +232,14 @@ def complete_batch(
             n = prompts[i].shape[1]
             ids[row, width - n :] = prompts[i][0]
             mask[row, width - n :] = 1
-        generated = run_generate(model, tokenizer, ids, params, attention_mask=mask)
+        if cancel is not None and cancel.is_set():
+            for i in group:
+                out[i] = Generation("", prompts[i].shape[1], 0, "cancelled")
+            continue
+        generated = run_generate(model, tokenizer, ids, params, None, cancel, gate=gate, attention_mask=mask)
         for row, i in enumerate(group):
-            out[i] = finish_tokens(
-                tokenizer, prompts[i].shape[1], own_tokens(generated[row, width:], ends, pad), params
-            )
+            new_tokens = own_tokens(generated[row, width:], ends, pad)
+            out[i] = finish_tokens(tokenizer, prompts[i].shape[1], new_tokens, params, cancel)
     return out  # type: ignore[return-value]
 
 

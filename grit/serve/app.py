@@ -26,6 +26,7 @@ from functools import partial
 
 import anyio
 import numpy as np
+import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool
@@ -114,14 +115,11 @@ def create_app(model: GritModel, config: ServeConfig | None = None, rag=None) ->
     async def chat(body: ChatRequest, request: Request):
         messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()}
                     for m in body.messages]  # fmt: skip
-        return await generate_route(server, body, request, messages, raw=False)
+        return await generate_route(server, body, request, [messages], raw=False)
 
     @app.post("/v1/completions", dependencies=authorized)
     async def completions(body: CompletionRequest, request: Request):
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if len(prompts) != 1:
-            raise bad_request("prompt must be one string (grit returns one choice per request)", "prompt")
-        return await generate_route(server, body, request, prompts[0], raw=True)
+        return await generate_route(server, body, request, completion_prompts(server, body), raw=True)
 
     if rag is not None:
 
@@ -208,13 +206,18 @@ def embedding_texts(server: Server, body: EmbeddingRequest) -> list[str]:
 
 
 def decode_ids(server: Server, ids: list[int]) -> str:
-    """A token array's text; an id outside the vocabulary is the client's error (the tokenizer would raise on a
-    negative one and silently drop one too large)."""
+    """A token array's text."""
+    return server.model.tokenizer.decode(checked_ids(server, ids, "input"))
+
+
+def checked_ids(server: Server, ids: list[int], param: str) -> list[int]:
+    """``ids``, if all are in the vocabulary: one outside is the client's error (the tokenizer would raise on a
+    negative one and silently drop one too large, the embedding layer would index out of range)."""
     vocab = len(server.model.tokenizer)
     bad = next((i for i in ids if not 0 <= i < vocab), None)
     if bad is not None:
-        raise bad_request(f"token id {bad} is outside the model's vocabulary (0 to {vocab - 1})", "input")
-    return server.model.tokenizer.decode(ids)
+        raise bad_request(f"token id {bad} is outside the model's vocabulary (0 to {vocab - 1})", param)
+    return ids
 
 
 def count_tokens(server: Server, texts: list[str], instruction: str) -> tuple[list[int], int]:
@@ -277,13 +280,45 @@ def sampling_params(server: Server, body: Sampling, max_tokens: int | None, defa
         raise bad_request(str(e)) from e
 
 
+def completion_prompts(server: Server, body: CompletionRequest) -> list[str | list[int]]:
+    """The prompts of a text completion request: strings or token arrays (OpenAI's four shapes of ``prompt``)."""
+    given = body.prompt
+    prompts = [given] if isinstance(given, str) or (given and isinstance(given[0], int)) else list(given)
+    if not prompts:
+        raise bad_request("prompt is an empty list", "prompt")
+    if len(prompts) > server.config.max_prompts:
+        raise bad_request(f"{len(prompts)} prompts; at most {server.config.max_prompts} per request", "prompt")
+    if len(prompts) > 1 and body.stream:
+        raise bad_request("stream=true takes one prompt; send several prompts without streaming", "stream")
+    return prompts
+
+
+def all_prompt_ids(server: Server, prompts: list, params: SamplingParams, raw: bool, explicit_max: bool):
+    """``prompt_ids`` of each prompt; with several, an error names the prompt's index."""
+    if len(prompts) == 1:
+        return [prompt_ids(server, prompts[0], params, raw, explicit_max)]
+    ids = []
+    for i, prompt in enumerate(prompts):
+        try:
+            ids.append(prompt_ids(server, prompt, params, raw, explicit_max))
+        except APIError as e:
+            raise bad_request(f"prompt[{i}]: {e.message}", e.param) from e
+    return ids
+
+
 def prompt_ids(server: Server, prompt, params: SamplingParams, raw: bool, explicit_max: bool):
-    """Prompt ids; without an explicit max_tokens the answer gets what is left of the context (up to the cap)."""
+    """Prompt ids; without an explicit max_tokens the answer gets what is left of the context (up to the cap).
+    A raw prompt may be a token array, taken as it is."""
     model = server.model
     try:
-        ids = model.prompt_ids(prompt, 1, raw=raw)
+        if raw and isinstance(prompt, list):
+            ids = torch.tensor([checked_ids(server, prompt, "prompt")], dtype=torch.long, device=model.device)
+        else:
+            ids = model.prompt_ids(prompt, 1, raw=raw)
     except (TypeError, ValueError) as e:
         raise bad_request(str(e), "messages" if not raw else "prompt") from e
+    if ids.shape[1] == 0:  # nothing to continue from; generate would fail on an empty sequence
+        raise bad_request("prompt is empty", "prompt")
     room = model.context_length - ids.shape[1]
     if not explicit_max:
         params.max_new_tokens = max(min(params.max_new_tokens, room), 1)
@@ -293,15 +328,18 @@ def prompt_ids(server: Server, prompt, params: SamplingParams, raw: bool, explic
     return ids
 
 
-async def generate_route(server: Server, body: Sampling, request: Request, prompt, raw: bool):
+async def generate_route(server: Server, body: Sampling, request: Request, prompts: list, raw: bool):
+    """One answer per prompt (a chat's messages, or a raw completion prompt); several prompts are decoded together
+    (``generation.complete_batch``), in batches of ``config.generate_batch_size``, and never streamed."""
     check_model(server, body.model)
     max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
     params = sampling_params(server, body, max_tokens, 16 if raw else None)  # OpenAI: completions default to 16
-    ids = await asyncio.to_thread(prompt_ids, server, prompt, params, raw, max_tokens is not None or raw)
+    all_ids = await asyncio.to_thread(all_prompt_ids, server, prompts, params, raw, max_tokens is not None or raw)
     kind = "text_completion" if raw else "chat.completion"
-    reply = Reply(server.name, kind, ids.shape[1])
+    reply = Reply(server.name, kind, sum(ids.shape[1] for ids in all_ids))
     cancel = threading.Event()
     if body.stream:
+        ids = all_ids[0]
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         outcome = Generation()
         pieces = generation.stream_text(
@@ -312,13 +350,20 @@ async def generate_route(server: Server, body: Sampling, request: Request, promp
     with server.admission.slot():
         watcher = asyncio.create_task(watch_disconnect(request, cancel))
         try:
-            args = (server.model.lm, server.model.tokenizer, ids, params, None, cancel, server.gate)
-            result = await in_worker(server, generation.complete, *args)
+            lm, tokenizer = server.model.lm, server.model.tokenizer
+            if len(all_ids) == 1:
+                args = (lm, tokenizer, all_ids[0], params, None, cancel, server.gate)
+                results = [await in_worker(server, generation.complete, *args)]
+            else:
+                args = (lm, tokenizer, all_ids, params, server.config.generate_batch_size, cancel, server.gate)
+                results = await in_worker(server, generation.complete_batch, *args)
         finally:
             cancel.set()
             watcher.cancel()
-    note(request, prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
-    return JSONResponse(reply.whole(result))
+    completion_tokens = sum(r.completion_tokens for r in results)
+    extra = {"prompts": len(results)} if len(results) > 1 else {}
+    note(request, **extra, prompt_tokens=reply.prompt_tokens, completion_tokens=completion_tokens)
+    return JSONResponse(reply.whole(results))
 
 
 @dataclass
@@ -350,14 +395,17 @@ class Reply:
             return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
 
-    def whole(self, result: Generation) -> dict:
-        reason = result.finish_reason if result.finish_reason in ("stop", "length") else "stop"
-        if self.kind == "chat.completion":
-            choice = {"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,
-                      "finish_reason": reason}  # fmt: skip
-        else:
-            choice = {"index": 0, "text": result.text, "logprobs": None, "finish_reason": reason}
-        return self._envelope(self.kind, [choice], self.usage(result.completion_tokens))
+    def whole(self, results: list[Generation]) -> dict:
+        """The response with one choice per result, in order (several: a text completion of several prompts)."""
+        choices = []
+        for index, result in enumerate(results):
+            reason = result.finish_reason if result.finish_reason in ("stop", "length") else "stop"
+            if self.kind == "chat.completion":
+                choices.append({"index": index, "message": {"role": "assistant", "content": result.text},
+                                "logprobs": None, "finish_reason": reason})  # fmt: skip
+            else:
+                choices.append({"index": index, "text": result.text, "logprobs": None, "finish_reason": reason})
+        return self._envelope(self.kind, choices, self.usage(sum(r.completion_tokens for r in results)))
 
     def chunk(self, text: str | None, finish_reason: str | None = None, first: bool = False) -> dict:
         object = "chat.completion.chunk" if self.kind == "chat.completion" else "text_completion"

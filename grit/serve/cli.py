@@ -17,7 +17,7 @@ Serves, from one process and one copy of the weights:
   GET  /v1/models              the served model
   POST /v1/embeddings          OpenAI embeddings (float or base64, `dimensions`; extension: `instruction`)
   POST /v1/chat/completions    chat, streaming with `stream: true`
-  POST /v1/completions         plain text completion
+  POST /v1/completions         plain text completion (one prompt, or several answered together)
   POST /v1/rag                 with --index: retrieve and answer {"question", "k", "cache", "max_tokens", "stream"}
 
 Use it with the official client:  OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="KEY or anything")
@@ -44,6 +44,8 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-inputs", type=int, default=defaults.max_inputs, help="texts per embeddings request")
     p.add_argument("--max-input-tokens", type=int, default=0, help="tokens per embedding input (0: context length)")
     p.add_argument("--max-tokens-cap", type=int, default=defaults.max_tokens_cap, help="largest max_tokens allowed")
+    p.add_argument("--max-prompts", type=int, default=defaults.max_prompts,
+                   help="prompts per completions request (decoded together)")  # fmt: skip
     p.add_argument("--max-batch-texts", type=int, default=defaults.max_batch_texts,
                    help="texts one embedding batch gathers from queued requests")  # fmt: skip
     p.set_defaults(handler=cmd_serve)
@@ -67,6 +69,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         max_inputs=args.max_inputs,
         max_input_tokens=args.max_input_tokens,
         max_tokens_cap=args.max_tokens_cap,
+        max_prompts=args.max_prompts,
         max_batch_texts=args.max_batch_texts,
         default_instruction=args.instruction,
         rag_cache=args.rag_cache,

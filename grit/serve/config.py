@@ -22,6 +22,8 @@ class ServeConfig:
     max_inputs: int = 2048  # texts per embeddings request (OpenAI's limit)
     max_input_tokens: int = 0  # tokens per embedding input; 0 = the model's context length
     max_tokens_cap: int = 2048  # the largest max_tokens a generation request may ask for
+    max_prompts: int = 64  # prompts per text completions request (answered together, see generate_batch_size)
+    generate_batch_size: int = 8  # prompts decoded together: ~2x the prompts/s of one at a time on a 2-core CPU
     max_body_bytes: int = 16 * 1024 * 1024
     max_batch_texts: int = 256  # texts one embedding batch may gather from queued requests
     batch_wait_ms: float = 10.0  # how long a batch that has the model waits for more requests
@@ -31,8 +33,8 @@ class ServeConfig:
     log_requests: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("max_pending", "max_inputs", "max_tokens_cap", "max_body_bytes", "max_batch_texts",
-                     "embed_batch_size"):  # fmt: skip
+        for name in ("max_pending", "max_inputs", "max_tokens_cap", "max_prompts", "generate_batch_size",
+                     "max_body_bytes", "max_batch_texts", "embed_batch_size"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_wait_ms < 0:

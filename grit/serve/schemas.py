@@ -102,7 +102,7 @@ class ChatRequest(Sampling):
 
 
 class CompletionRequest(Sampling):
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]  # one or several prompts, as text or token ids
     echo: bool = False
     suffix: str | None = None
 

@@ -15,6 +15,7 @@ MAX_INPUT_TOKENS = 48
 MAX_TOKENS_CAP = 64
 MAX_BODY_BYTES = 50_000
 MAX_INPUTS = 16
+MAX_PROMPTS = 4
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +27,7 @@ def live(tiny_grit):
         max_tokens_cap=MAX_TOKENS_CAP,
         max_body_bytes=MAX_BODY_BYTES,
         max_inputs=MAX_INPUTS,
+        max_prompts=MAX_PROMPTS,
     )
     with serve(create_app(tiny_grit, config)) as running:
         yield running

@@ -194,6 +194,40 @@ def test_seeded_completion_equals_raw_prompt_generation(client, tiny_grit):
     assert response.choices[0].text == expected and expected.strip()
 
 
+PROMPTS = [PROMPT, "Logging defines", "The json module exposes an API for"]
+
+
+def test_several_prompts_get_one_choice_each_in_order(client, tiny_grit):
+    # Seeded sampling, so each choice is its own text: the served answers equal the same batch decoded in-process,
+    # in the prompts' order (complete_batch sorts by length inside).
+    ids = [tiny_grit.prompt_ids(p, 10, raw=True) for p in PROMPTS]
+    expected = generation.complete_batch(tiny_grit.lm, tiny_grit.tokenizer, ids, SamplingParams(10, **SEEDED))
+    response = client.completions.create(model=MODEL, prompt=PROMPTS, max_tokens=10, **SEEDED)
+    assert [c.index for c in response.choices] == [0, 1, 2]
+    assert [c.text for c in response.choices] == [g.text for g in expected]
+    assert len({g.text for g in expected}) == 3
+    assert response.usage.prompt_tokens == sum(x.shape[1] for x in ids)
+    assert response.usage.completion_tokens == sum(g.completion_tokens for g in expected)
+
+
+def test_several_greedy_prompts_equal_one_at_a_time(client):
+    together = client.completions.create(model=MODEL, prompt=PROMPTS, max_tokens=8, temperature=0)
+    alone = [client.completions.create(model=MODEL, prompt=p, max_tokens=8, temperature=0) for p in PROMPTS]
+    assert [c.text for c in together.choices] == [r.choices[0].text for r in alone]
+    assert [c.finish_reason for c in together.choices] == [r.choices[0].finish_reason for r in alone]
+
+
+def test_token_array_prompts_equal_their_text(client, tiny_grit):
+    ids = [tiny_grit.tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    as_text = client.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=10, **SEEDED)
+    as_ids = client.completions.create(model=MODEL, prompt=ids[0], max_tokens=10, **SEEDED)
+    assert as_ids.choices[0].text == as_text.choices[0].text
+    assert as_ids.usage == as_text.usage
+    many = client.completions.create(model=MODEL, prompt=ids, max_tokens=10, **SEEDED)
+    texts = client.completions.create(model=MODEL, prompt=PROMPTS, max_tokens=10, **SEEDED)
+    assert [c.text for c in many.choices] == [c.text for c in texts.choices]
+
+
 def test_seeded_sampling_repeats(client):
     def sample():
         return client.chat.completions.create(model=MODEL, messages=CHAT, temperature=1.0, max_tokens=12, seed=7)

@@ -15,7 +15,7 @@ from openai import OpenAI
 from grit.serve.app import create_app
 from grit.serve.config import ServeConfig
 
-from .conftest import MAX_BODY_BYTES, MAX_INPUT_TOKENS, MAX_INPUTS, MAX_TOKENS_CAP
+from .conftest import MAX_BODY_BYTES, MAX_INPUT_TOKENS, MAX_INPUTS, MAX_PROMPTS, MAX_TOKENS_CAP
 from .serveutil import API_KEY, MODEL, assert_error_body, httpx, row_cosines, serve, sse_data, vectors, wait_until
 
 USER = [{"role": "user", "content": "Hello there"}]
@@ -58,7 +58,16 @@ BAD_REQUESTS = {
     "temperature 3": ("/v1/chat/completions", {"messages": USER, "temperature": 3}, "temperature"),
     "logprobs": ("/v1/chat/completions", {"messages": USER, "logprobs": True}, "logprobs"),
     "tools": ("/v1/chat/completions", {"messages": USER, "tools": [{"type": "function"}]}, "tools"),
-    "two prompts": ("/v1/completions", {"prompt": ["a", "b"]}, "one string"),
+    "two prompts streamed": ("/v1/completions", {"prompt": ["a", "b"], "stream": True}, "stream=true takes one"),
+    "too many prompts": ("/v1/completions", {"prompt": ["a"] * (MAX_PROMPTS + 1)}, f"at most {MAX_PROMPTS}"),
+    "no prompts": ("/v1/completions", {"prompt": []}, "empty list"),
+    "empty prompt": ("/v1/completions", {"prompt": ""}, "prompt is empty"),
+    "second prompt empty": ("/v1/completions", {"prompt": ["a", ""]}, "prompt[1]: prompt is empty"),
+    "second prompt over the context": (
+        "/v1/completions",
+        {"prompt": ["a", "word " * 600], "max_tokens": 4},
+        "prompt[1]: prompt is 1801 tokens",
+    ),
     "echo": ("/v1/completions", {"prompt": "a", "echo": True}, "echo"),
     "completion max_tokens over the cap": (
         "/v1/completions",
@@ -82,6 +91,10 @@ def test_token_ids_outside_the_vocabulary_are_400(http, bad_id):
         response = http.post("/v1/embeddings", json={"input": given})
         error = assert_error_body(response, 400, "invalid_request_error")
         assert f"token id {bad_id} is outside" in error["message"] and error["param"] == "input"
+    for given in ([5, bad_id], [[5], [6, bad_id]]):
+        response = http.post("/v1/completions", json={"prompt": given, "max_tokens": 2})
+        error = assert_error_body(response, 400, "invalid_request_error")
+        assert f"token id {bad_id} is outside" in error["message"] and error["param"] == "prompt"
 
 
 def test_empty_input_raises_bad_request_error(client):
