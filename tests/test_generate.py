@@ -96,6 +96,35 @@ def test_batched_stop_strings_and_bad_prompts(tiny_grit):
         tiny_grit.generate_batch(["Hi"], batch_size=0)
 
 
+def test_batched_generation_offers_the_gate_and_stops_on_cancel(tiny_grit):
+    from contextlib import nullcontext
+
+    from grit.generation import SamplingParams, complete_batch
+
+    cancel = threading.Event()
+
+    class CountingGate:  # what grit.serve's FairGate offers: the model between tokens; cancels after 3 tokens
+        held = offered = 0
+
+        def hold(self):
+            self.held += 1
+            return nullcontext()
+
+        def between_tokens(self):
+            self.offered += 1
+            if self.offered == 3:
+                cancel.set()
+
+    ids = [tiny_grit.prompt_ids(p, 16) for p in PROMPTS[:4]]
+    gate = CountingGate()
+    done = complete_batch(tiny_grit.lm, tiny_grit.tokenizer, ids, SamplingParams(16), 2, cancel, gate)
+    assert gate.held == 1  # the second batch never started
+    first = [g for g in done if g.completion_tokens > 0]
+    assert len(first) == 2 and all(g.finish_reason == "cancelled" and g.completion_tokens < 16 for g in first)
+    skipped = [g for g in done if g.completion_tokens == 0]
+    assert len(skipped) == 2 and all(g.finish_reason == "cancelled" and g.text == "" for g in skipped)
+
+
 def test_a_finished_row_drops_the_padding_after_its_end():
     from grit.generation import own_tokens
 
