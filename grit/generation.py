@@ -225,6 +225,10 @@ def complete_batch(
     ends = _as_set(tokenizer.eos_token_id) if tokenizer.eos_token_id is not None else set()
     out: list[Generation | None] = [None] * len(prompts)
     for group in length_groups([p.shape[1] for p in prompts], batch_size):
+        if cancel is not None and cancel.is_set():
+            for i in group:
+                out[i] = Generation("", prompts[i].shape[1], 0, "cancelled")
+            continue
         width = prompts[group[-1]].shape[1]
         ids = torch.full((len(group), width), pad, dtype=torch.long, device=prompts[group[0]].device)
         mask = torch.zeros_like(ids)
@@ -232,10 +236,6 @@ def complete_batch(
             n = prompts[i].shape[1]
             ids[row, width - n :] = prompts[i][0]
             mask[row, width - n :] = 1
-        if cancel is not None and cancel.is_set():
-            for i in group:
-                out[i] = Generation("", prompts[i].shape[1], 0, "cancelled")
-            continue
         generated = run_generate(model, tokenizer, ids, params, None, cancel, gate=gate, attention_mask=mask)
         for row, i in enumerate(group):
             new_tokens = own_tokens(generated[row, width:], ends, pad)

@@ -295,13 +295,13 @@ def completion_prompts(server: Server, body: CompletionRequest) -> list[str | li
 
 def all_prompt_ids(server: Server, prompts: list, params: SamplingParams, raw: bool, explicit_max: bool):
     """``prompt_ids`` of each prompt; with several, an error names the prompt's index."""
-    if len(prompts) == 1:
-        return [prompt_ids(server, prompts[0], params, raw, explicit_max)]
     ids = []
     for i, prompt in enumerate(prompts):
         try:
             ids.append(prompt_ids(server, prompt, params, raw, explicit_max))
         except APIError as e:
+            if len(prompts) == 1:
+                raise
             raise bad_request(f"prompt[{i}]: {e.message}", e.param) from e
     return ids
 
