@@ -20,6 +20,7 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from grit.formats import Message, PromptFormat
+from grit.transformers_compat import cache_argument
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ def run_generate(
             tokenizer=tokenizer,  # needed by stop_strings
             stopping_criteria=criteria or None,
             streamer=streamer,
-            past_key_values=past_key_values,
+            **cache_argument(past_key_values),
         )
 
 

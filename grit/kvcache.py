@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 
 from grit.attention import bidirectional_mask, positions
+from grit.transformers_compat import cache_argument, returned_cache
 
 CacheAttention = Literal["bidirectional", "causal"]
 
@@ -57,7 +58,7 @@ def forward_with_cache(
     (B, kv_heads, T, head_dim). Padding keys are masked, so slicing a row to its length gives that text's cache."""
     mask = bidirectional_mask(padding_mask, base_model.dtype) if attention == "bidirectional" else padding_mask
     out = base_model(input_ids=input_ids, attention_mask=mask, position_ids=positions(padding_mask), use_cache=True)
-    layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+    layers = [(layer.keys, layer.values) for layer in returned_cache(out).layers]
     return out.last_hidden_state, layers
 
 
@@ -161,6 +162,6 @@ def logits_on_cache(lm: torch.nn.Module, spans: Sequence[SpanCache], suffix: Seq
     cache, prefix = join_caches(lm.base_model, spans, reposition)
     device = next(lm.parameters()).device
     start = len(prefix)
-    out = lm(input_ids=torch.tensor([list(suffix)], device=device), past_key_values=cache, use_cache=True,
+    out = lm(input_ids=torch.tensor([list(suffix)], device=device), **cache_argument(cache), use_cache=True,
              position_ids=torch.arange(start, start + len(suffix), device=device)[None])  # fmt: skip
     return out.logits[0]

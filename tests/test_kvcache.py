@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from grit.kvcache import SpanCache, compute_cache, join_caches, logits_on_cache, reference_logits, shift_keys
+from grit.transformers_compat import returned_cache
 
 
 def ids_of(grit, text):
@@ -37,7 +38,7 @@ def test_shifted_keys_equal_keys_computed_at_that_position(tiny_grit):
     with torch.no_grad():
         out = base(input_ids=torch.tensor([doc]), position_ids=torch.arange(offset, offset + len(doc))[None],
                    use_cache=True)  # fmt: skip
-    for layer, cached in zip(out.past_key_values.layers, at_zero.keys, strict=True):
+    for layer, cached in zip(returned_cache(out).layers, at_zero.keys, strict=True):
         torch.testing.assert_close(shift_keys(base, cached, offset), layer.keys[0], atol=1e-5, rtol=1e-5)
     twice = shift_keys(base, shift_keys(base, at_zero.keys[1], 10), 27)
     torch.testing.assert_close(twice, shift_keys(base, at_zero.keys[1], 37), atol=1e-5, rtol=1e-5)
