@@ -7,6 +7,9 @@ the embedding and generative averages that GRIT's claims are stated in.
 Each run folder holds a ``results.json`` (``grit eval --out``); ``LABEL=A+B`` joins two runs of one model (tasks
 evaluated in separate folders). Its first model is named by the label; baselines in
 it (all-MiniLM-L6-v2, BM25) get a column of their own, once, from the first run that has them.
+``--mean LABEL=A,B`` adds a column that averages columns A and B (runs of one setting with other seeds): each cell
+is the mean of theirs, and its average rows also show the lowest and highest of the members' averages, so a gap
+between settings can be read against the spread from seed to seed.
 
 Averages (higher is better in every term, so one number can rank models):
     embedding   mean of STS-B Spearman, Cranfield and MS MARCO nDCG@10, Banking77 and SST-2 accuracy
@@ -52,20 +55,54 @@ class Column:
     values: dict[tuple[str, str], float] = field(default_factory=dict)
     seconds: float = 0.0  # evaluation time, all tasks
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> its settings in that run
+    members: list[Column] = field(default_factory=list)  # a --mean column: the columns it averages
 
     def get(self, task: str, metric: str) -> float | None:
         return self.values.get((task, metric))
 
     def term(self, task: str) -> float | None:
         """The task's contribution to an average (higher is better)."""
+        if self.members:  # the mean of the members' terms: exp(-nll) of a mean nll would be another number
+            return mean_or_none([m.term(task) for m in self.members])
         if task == "gsm8k-ppl":
             nll = self.get(task, "nll_per_token")
             return None if nll is None else math.exp(-nll)
         return self.get(task, HEADLINE[task])
 
     def average(self, tasks: Sequence[str]) -> float | None:
-        terms = [self.term(t) for t in tasks]
-        return None if any(t is None for t in terms) else sum(terms) / len(terms)
+        return mean_or_none([self.term(t) for t in tasks])
+
+    def spread(self, tasks: Sequence[str]) -> tuple[float, float] | None:
+        """Lowest and highest of the members' averages (a --mean column), or None."""
+        averages = [m.average(tasks) for m in self.members]
+        return None if not averages or None in averages else (min(averages), max(averages))
+
+
+def mean_or_none(values: Sequence[float | None]) -> float | None:
+    return None if not values or any(v is None for v in values) else sum(values) / len(values)
+
+
+def mean_column(label: str, members: Sequence[Column]) -> Column:
+    """A column whose cells are the means of ``members``' (only where every member has the cell)."""
+    keys = set.intersection(*(set(m.values) for m in members))
+    values = {k: sum(m.values[k] for m in members) / len(members) for k in sorted(keys)}
+    seconds = sum(m.seconds for m in members) / len(members)
+    return Column(label, values, seconds, dict(members[0].settings), list(members))
+
+
+def add_means(cols: Sequence[Column], means: Sequence[tuple[str, str]]) -> list[Column]:
+    """``cols`` plus one mean column per (label, "A,B,...") in ``means``, each naming two or more columns."""
+    by_label = {c.label: c for c in cols}
+    out = list(cols)
+    for label, names in means:
+        wanted = [n for n in names.split(",") if n]
+        unknown = [n for n in wanted if n not in by_label]
+        if unknown or len(wanted) < 2:
+            problem = f"no column {unknown}" if unknown else "name two or more columns"
+            raise ValueError(f"--mean {label}={names}: {problem}; the columns are {', '.join(by_label)}")
+        out.append(mean_column(label, [by_label[n] for n in wanted]))
+        by_label[label] = out[-1]
+    return out
 
 
 def read_run(folder: str | Path) -> dict[str, Any]:
@@ -160,7 +197,7 @@ def markdown(
     rows = [("embedding average", EMBEDDING_AVERAGE), ("generative average", GENERATIVE_AVERAGE)]
     rows += [("average of " + ", ".join(tasks), tasks) for tasks in averages]
     for name, tasks in rows:
-        lines.append(f"| **{name}** | | " + " | ".join(f"**{fmt(c.average(tasks))}**" for c in cols) + " |")
+        lines.append(f"| **{name}** | | " + " | ".join(average_cell(c, tasks) for c in cols) + " |")
     metrics = [(t, m) for t, m in HEADLINE.items()] + [("adversarialqa-rag", m) for m in RAG_METRICS]
     for task, metric in metrics:
         if all(c.get(task, metric) is None for c in cols):
@@ -175,6 +212,13 @@ def markdown(
         rows += [f"| {k} | {v['steps']} | {v['tokens']:,} | {v['seconds']:.0f} |" for k, v in training.items()]
         text += "\n" + "\n".join(rows) + "\n"
     return text
+
+
+def average_cell(col: Column, tasks: Sequence[str]) -> str:
+    cell = f"**{fmt(col.average(tasks))}**"
+    if spread := col.spread(tasks):
+        cell += f" ({fmt(spread[0])}–{fmt(spread[1])})"
+    return cell
 
 
 def parse_pairs(items: Sequence[str], what: str) -> list[tuple[str, str]]:
@@ -198,7 +242,8 @@ def report_command(args: Any) -> int:
     runs = parse_pairs(args.runs, "run")
     training = {label: training_summary(path) for label, path in parse_pairs(args.train or [], "--train")}
     averages = [check_tasks(spec.split(",")) for spec in args.average or []]
-    text = markdown(columns(runs), training, averages)
+    cols = add_means(columns(runs), parse_pairs(args.mean or [], "--mean"))
+    text = markdown(cols, training, averages)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
@@ -223,6 +268,12 @@ def add_report_command(subparsers: Any) -> None:
         action="append",
         metavar="TASKS",
         help="also show the average of these comma-separated tasks (repeatable), e.g. those every column scored",
+    )
+    p.add_argument(
+        "--mean",
+        action="append",
+        metavar="LABEL=A,B",
+        help="also show a column LABEL that averages the columns A, B, ... (e.g. seeds of one setting; repeatable)",
     )
     p.add_argument("--out", help="also write the table to this Markdown file")
     p.set_defaults(handler=report_command)

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from grit.cli import main
-from grit.eval.report import EMBEDDING_AVERAGE, columns, differing_settings, markdown, training_summary
+from grit.eval.report import EMBEDDING_AVERAGE, add_means, columns, differing_settings, markdown, training_summary
 
 EMBEDDING = {"stsb": ("spearman", 0.5), "cranfield": ("ndcg@10", 0.3), "msmarco-dl19-5k": ("ndcg@10", 0.4),
              "banking77": ("accuracy", 0.6), "sst2": ("accuracy", 0.7)}  # fmt: skip
@@ -99,3 +99,25 @@ def test_a_later_run_replaces_the_settings_of_its_tasks(tmp_path):
     cols = columns([("m", f"{first}+{second}"), ("peer", str(peer))])
     assert cols[0].settings["stsb"] == {"name": "stsb", "limit": 20}
     assert differing_settings(cols) == []
+
+
+def test_a_mean_column_averages_seeds_and_shows_their_spread(tmp_path, capsys):
+    seed0 = write_run(tmp_path / "s0", "peer", {**EMBEDDING, "gsm8k-ppl": ("nll_per_token", math.log(2.0))})
+    shifted = {t: (m, v + 0.1) for t, (m, v) in EMBEDDING.items()}
+    seed1 = write_run(tmp_path / "s1", "peer", {**shifted, "gsm8k-ppl": ("nll_per_token", math.log(4.0))})
+    cols = add_means(columns([("s0", seed0), ("s1", seed1)]), [("mean", "s0,s1")])
+    mean = cols[-1]
+    assert mean.label == "mean" and mean.get("stsb", "spearman") == pytest.approx(0.55)
+    assert mean.average(EMBEDDING_AVERAGE) == pytest.approx(0.55)
+    assert mean.spread(EMBEDDING_AVERAGE) == pytest.approx((0.5, 0.6))
+    # GSM8K's term is the mean of the seeds' likelihoods (1/2 and 1/4), not that of the mean NLL (1/sqrt(8))
+    assert mean.term("gsm8k-ppl") == pytest.approx(0.375)
+    assert cols[0].spread(EMBEDDING_AVERAGE) is None  # a plain column has no spread
+
+    assert main(["report", f"s0={seed0}", f"s1={seed1}", "--mean", "peer=s0,s1"]) == 0
+    row = "| **embedding average** | | **0.5000** | **0.6000** | **0.5500** (0.5000–0.6000) |"
+    assert row in capsys.readouterr().out
+    assert main(["report", f"s0={seed0}", "--mean", "peer=s0,s9"]) == 2
+    assert "no column ['s9']; the columns are s0" in capsys.readouterr().err
+    assert main(["report", f"s0={seed0}", "--mean", "peer=s0"]) == 2
+    assert "name two or more columns" in capsys.readouterr().err
