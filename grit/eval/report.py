@@ -97,8 +97,13 @@ def add_means(cols: Sequence[Column], means: Sequence[tuple[str, str]]) -> list[
     for label, names in means:
         wanted = [n for n in names.split(",") if n]
         unknown = [n for n in wanted if n not in by_label]
-        if unknown or len(wanted) < 2:
-            problem = f"no column {unknown}" if unknown else "name two or more columns"
+        problem = (
+            f"{label} is a column already" if label in by_label
+            else f"no column {unknown}" if unknown
+            else "name two or more columns" if len(wanted) < 2
+            else None
+        )  # fmt: skip
+        if problem:
             raise ValueError(f"--mean {label}={names}: {problem}; the columns are {', '.join(by_label)}")
         out.append(mean_column(label, [by_label[n] for n in wanted]))
         by_label[label] = out[-1]

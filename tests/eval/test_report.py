@@ -121,3 +121,5 @@ def test_a_mean_column_averages_seeds_and_shows_their_spread(tmp_path, capsys):
     assert "no column ['s9']; the columns are s0" in capsys.readouterr().err
     assert main(["report", f"s0={seed0}", "--mean", "peer=s0"]) == 2
     assert "name two or more columns" in capsys.readouterr().err
+    assert main(["report", f"s0={seed0}", f"s1={seed1}", "--mean", "s0=s0,s1"]) == 2
+    assert "s0 is a column already" in capsys.readouterr().err
