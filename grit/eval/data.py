@@ -159,7 +159,7 @@ def read_classification(path: str | os.PathLike) -> list[LabeledText]:
 def read_rag(path: str | os.PathLike, heldout_only: bool = False) -> list[QaExample]:
     """Questions with the passage that answers them and one or more gold answers (``heldout_only``: only the rows
     ``grit.splits`` keeps out of training)."""
-    return [
+    rows = [
         QaExample(
             str(field(r, "id", (str, int), path, n)),
             field(r, "question", str, path, n),
@@ -168,8 +168,15 @@ def read_rag(path: str | os.PathLike, heldout_only: bool = False) -> list[QaExam
             field(r, "title", str, path, n, nonempty=False) if "title" in r else "",
         )
         for n, r in read_jsonl(path)
-        if not heldout_only or is_held_out(r)
     ]
+    return held_out_examples(rows) if heldout_only else rows
+
+
+def held_out_examples(rows: list[QaExample]) -> list[QaExample]:
+    """The rows ``grit.splits`` keeps out of training, so that a caller holding all of a file's rows need not read
+    it again. Every RAG row has an ``id`` and the split hashes only that; ``str`` keeps it (``5`` and ``"5"`` hash
+    alike)."""
+    return [r for r in rows if is_held_out({"id": r.id})]
 
 
 def read_generative(path: str | os.PathLike, heldout_only: bool = False) -> list[Conversation]:

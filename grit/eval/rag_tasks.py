@@ -95,7 +95,7 @@ class RagQATask:
 
     def evaluate(self, model: Any, cache: EmbeddingCache | None = None) -> Scores:
         everything = data.read_rag(self.path)
-        rows = data.sample(data.read_rag(self.path, self.heldout_only), self.limit)
+        rows = data.sample(data.held_out_examples(everything) if self.heldout_only else everything, self.limit)
         docs = corpus(rows, everything, self.corpus_size)
         gold = {d.text: d.id for d in docs}
         longest = max(len(model.tokenizer(d.text, add_special_tokens=False)["input_ids"]) for d in docs)

@@ -9,6 +9,7 @@ import pytest
 
 from grit.eval import data
 from grit.eval.data import DataFormatError
+from grit.splits import is_held_out
 
 
 def write(path, lines: list[str]):
@@ -70,6 +71,16 @@ def test_read_rag(tmp_path):
         data.read_rag(path)
     write(path, [json.dumps(row)])
     assert data.read_rag(path) == [data.QaExample("x/0", "q?", ("2003",), "In 2003.", "")]
+
+
+def test_held_out_examples_match_the_split_of_the_raw_rows(tmp_path):
+    # The split hashes the raw row's id; read_rag keeps it as a string, so int and str ids must fall alike.
+    rows = [{"id": i if i % 2 else f"q{i}", "question": "q?", "answers": ["a"], "passage": "p"} for i in range(400)]
+    path = write(tmp_path / "rag.jsonl", [json.dumps(r) for r in rows])
+    held = {str(r["id"]) for r in rows if is_held_out(r)}
+    assert 0 < len(held) < len(rows)
+    assert {r.id for r in data.read_rag(path, heldout_only=True)} == held
+    assert data.held_out_examples(data.read_rag(path)) == data.read_rag(path, heldout_only=True)
 
 
 def test_read_beir(tmp_path):
