@@ -5,11 +5,13 @@ the embedding and generative averages that GRIT's claims are stated in.
         --out results/grit-claims.md
 
 Each run folder holds a ``results.json`` (``grit eval --out``); ``LABEL=A+B`` joins two runs of one model (tasks
-evaluated in separate folders). Its first model is named by the label; baselines in
-it (all-MiniLM-L6-v2, BM25) get a column of their own, once, from the first run that has them.
+evaluated in separate folders). Its first model is named by the label; baselines in it (all-MiniLM-L6-v2, BM25)
+get a column of their own, once, from the first run that has them.
 ``--mean LABEL=A,B`` adds a column that averages columns A and B (runs of one setting with other seeds): each cell
 is the mean of theirs, and its average rows also show the lowest and highest of the members' averages, so a gap
 between settings can be read against the spread from seed to seed.
+``--train LABEL=LOG`` adds each training run's steps, tokens and seconds; ``--loss-windows 1-25,26-50`` adds the
+mean of its contrastive and next-token losses over those step ranges (how fast each loss fell).
 
 Averages (higher is better in every term, so one number can rank models):
     embedding   mean of STS-B Spearman, Cranfield and MS MARCO nDCG@10, Banking77 and SST-2 accuracy
@@ -162,18 +164,53 @@ def columns(runs: Sequence[tuple[str, str | Path]]) -> list[Column]:
     return out
 
 
-def training_summary(folder: str | Path) -> dict[str, float]:
-    """Steps, trained tokens and wall-clock seconds of a ``grit train`` run, from its ``log.jsonl`` (the run folder,
-    or the log file itself, e.g. a copy committed beside the results)."""
+def read_train_log(folder: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``grit train`` run's ``log.jsonl`` (the run folder, or the log file itself, e.g. a copy
+    committed beside the results)."""
     path = Path(folder) / "log.jsonl" if Path(folder).is_dir() else Path(folder)
     if not path.is_file():
         raise FileNotFoundError(f"no log.jsonl in {folder}; is it a grit train output_dir?")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def training_summary(records: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Steps, trained tokens and wall-clock seconds of a run, from its log records."""
     return {
         "steps": max((r["step"] for r in records), default=0),
         "tokens": sum(r.get("tokens", 0) for r in records),
         "seconds": sum(r.get("seconds", 0.0) for r in records),
     }
+
+
+LOSSES = {"loss_emb": "contrastive", "loss_gen": "next-token"}  # log.jsonl key -> how the windows table names it
+
+
+def parse_windows(spec: str) -> list[tuple[int, int]]:
+    """``"1-25,26-50,51-100"`` → ``[(1, 25), (26, 50), (51, 100)]``: inclusive step ranges."""
+    windows = []
+    for part in spec.split(","):
+        first, sep, last = part.strip().partition("-")
+        if not (sep and first.isdigit() and last.isdigit()) or not 1 <= int(first) <= int(last):
+            raise ValueError(f"--loss-windows: {part!r} is not a step range FIRST-LAST (1 <= FIRST <= LAST)")
+        windows.append((int(first), int(last)))
+    return windows
+
+
+def window_mean(records: Sequence[dict[str, Any]], key: str, window: tuple[int, int]) -> float | None:
+    """Mean of ``key`` over the logged steps inside ``window`` (None where none logged it)."""
+    values = [r[key] for r in records if window[0] <= r["step"] <= window[1] and r.get(key) is not None]
+    return mean_or_none(values)
+
+
+def loss_windows_table(logs: dict[str, Sequence[dict[str, Any]]], windows: Sequence[tuple[int, int]]) -> str:
+    """Mean training losses of each run over step windows: how fast each loss fell, beside the final scores."""
+    keys = [k for k in LOSSES if any(r.get(k) is not None for records in logs.values() for r in records)]
+    heads = [f"{LOSSES[k]} {lo}–{hi}" for k in keys for lo, hi in windows]
+    lines = ["| model | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+    for label, records in logs.items():
+        cells = [fmt(window_mean(records, k, w), 3) for k in keys for w in windows]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def differing_settings(cols: Sequence[Column]) -> list[str]:
@@ -245,10 +282,14 @@ def check_tasks(tasks: Sequence[str]) -> list[str]:
 
 def report_command(args: Any) -> int:
     runs = parse_pairs(args.runs, "run")
-    training = {label: training_summary(path) for label, path in parse_pairs(args.train or [], "--train")}
+    logs = {label: read_train_log(path) for label, path in parse_pairs(args.train or [], "--train")}
+    if args.loss_windows and not logs:
+        raise ValueError("--loss-windows needs --train: the runs whose logs to read")
     averages = [check_tasks(spec.split(",")) for spec in args.average or []]
     cols = add_means(columns(runs), parse_pairs(args.mean or [], "--mean"))
-    text = markdown(cols, training, averages)
+    text = markdown(cols, {label: training_summary(records) for label, records in logs.items()}, averages)
+    if args.loss_windows:
+        text += "\n" + loss_windows_table(logs, parse_windows(args.loss_windows))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
@@ -279,6 +320,11 @@ def add_report_command(subparsers: Any) -> None:
         action="append",
         metavar="LABEL=A,B",
         help="also show a column LABEL that averages the columns A, B, ... (e.g. seeds of one setting; repeatable)",
+    )
+    p.add_argument(
+        "--loss-windows",
+        metavar="STEPS",
+        help="also tabulate each --train run's mean losses over these step ranges, e.g. 1-25,26-50,51-100",
     )
     p.add_argument("--out", help="also write the table to this Markdown file")
     p.set_defaults(handler=report_command)

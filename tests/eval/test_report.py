@@ -6,7 +6,16 @@ import math
 import pytest
 
 from grit.cli import main
-from grit.eval.report import EMBEDDING_AVERAGE, add_means, columns, differing_settings, markdown, training_summary
+from grit.eval.report import (
+    EMBEDDING_AVERAGE,
+    add_means,
+    columns,
+    differing_settings,
+    markdown,
+    parse_windows,
+    read_train_log,
+    training_summary,
+)
 
 EMBEDDING = {"stsb": ("spearman", 0.5), "cranfield": ("ndcg@10", 0.3), "msmarco-dl19-5k": ("ndcg@10", 0.4),
              "banking77": ("accuracy", 0.6), "sst2": ("accuracy", 0.7)}  # fmt: skip
@@ -55,8 +64,8 @@ def test_training_summary_and_command(tmp_path, capsys):
     train.mkdir()
     log = [{"step": 1, "tokens": 100, "seconds": 2.0}, {"step": 2, "tokens": 150, "seconds": 3.0}]
     (train / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
-    assert training_summary(train) == {"steps": 2, "tokens": 250, "seconds": 5.0}
-    assert training_summary(train / "log.jsonl") == training_summary(train)  # a committed copy of the log reads too
+    assert training_summary(read_train_log(train)) == {"steps": 2, "tokens": 250, "seconds": 5.0}
+    assert read_train_log(train / "log.jsonl") == read_train_log(train)  # a committed copy of the log reads too
     out = tmp_path / "claims.md"
     assert main(["report", f"tuned={run}", "--train", f"tuned={train}", "--out", str(out)]) == 0
     assert "| tuned | 2 | 250 | 5 |" in out.read_text() and "| tuned |" in capsys.readouterr().out
@@ -123,3 +132,24 @@ def test_a_mean_column_averages_seeds_and_shows_their_spread(tmp_path, capsys):
     assert "name two or more columns" in capsys.readouterr().err
     assert main(["report", f"s0={seed0}", f"s1={seed1}", "--mean", "s0=s0,s1"]) == 2
     assert "s0 is a column already" in capsys.readouterr().err
+
+
+def test_loss_windows_average_each_loss_over_step_ranges(tmp_path, capsys):
+    run = write_run(tmp_path / "e", "m", EMBEDDING)
+    unified = [{"step": n, "loss_emb": float(n), "loss_gen": 10.0 + n, "tokens": 1} for n in range(1, 7)]
+    embedding = [{"step": n, "loss_emb": 2.0 * n, "loss_gen": None, "tokens": 1} for n in range(1, 4)]
+    for name, log in (("unified.jsonl", unified), ("embedding.jsonl", embedding)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in log))
+    args = ["report", f"u={run}", "--train", f"u={tmp_path / 'unified.jsonl'}", f"e={tmp_path / 'embedding.jsonl'}"]
+    assert main([*args, "--loss-windows", "1-2,3-6"]) == 0
+    out = capsys.readouterr().out
+    assert "| model | contrastive 1–2 | contrastive 3–6 | next-token 1–2 | next-token 3–6 |" in out
+    assert "| u | 1.500 | 4.500 | 11.500 | 14.500 |" in out
+    assert "| e | 3.000 | 6.000 | – | – |" in out  # its log ends at step 3; it has no next-token loss
+
+    assert parse_windows("1-25, 26-100") == [(1, 25), (26, 100)]
+    for bad in ("1-", "5-2", "0-3", "a-b", "3"):
+        with pytest.raises(ValueError, match="not a step range"):
+            parse_windows(bad)
+    assert main(["report", f"u={run}", "--loss-windows", "1-2"]) == 2
+    assert "--loss-windows needs --train" in capsys.readouterr().err
