@@ -282,14 +282,15 @@ def check_tasks(tasks: Sequence[str]) -> list[str]:
 
 def report_command(args: Any) -> int:
     runs = parse_pairs(args.runs, "run")
+    windows = parse_windows(args.loss_windows) if args.loss_windows else None  # a bad range fails before any reading
     logs = {label: read_train_log(path) for label, path in parse_pairs(args.train or [], "--train")}
-    if args.loss_windows and not logs:
+    if windows and not logs:
         raise ValueError("--loss-windows needs --train: the runs whose logs to read")
     averages = [check_tasks(spec.split(",")) for spec in args.average or []]
     cols = add_means(columns(runs), parse_pairs(args.mean or [], "--mean"))
     text = markdown(cols, {label: training_summary(records) for label, records in logs.items()}, averages)
-    if args.loss_windows:
-        text += "\n" + loss_windows_table(logs, parse_windows(args.loss_windows))
+    if windows:
+        text += "\n" + loss_windows_table(logs, windows)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
