@@ -101,6 +101,7 @@ def plain_step(lm, optimizer, params, emb, gen, compute_dtype, device) -> None:
 
 def run_variant(loop: str, lora: bool, args: argparse.Namespace, emb, gen) -> dict[str, float]:
     """Build the model in this (fresh) process, train one warm-up and ``args.steps`` timed steps."""
+    from grit.hardware import resolve_placement
     from grit.train.build import build_model, build_optimizer, build_scheduler
     from grit.train.config import DataConfig, LoraConfig, TrainConfig
     from grit.train.distributed import Dist
@@ -109,7 +110,9 @@ def run_variant(loop: str, lora: bool, args: argparse.Namespace, emb, gen) -> di
     data = DataConfig(["bench.jsonl"], ["bench.jsonl"], embedding_batch_size=args.queries)
     cfg = TrainConfig(model=args.model, dtype=args.dtype, lr=1e-5, scheduler="constant", warmup_steps=0,
                       data=data, lora=LoraConfig(enabled=lora))  # fmt: skip
-    d = Dist(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    placement = resolve_placement(cfg.device, cfg.dtype, cfg.threads or None)  # as grit.train.train does
+    cfg = cfg.resolved(placement)
+    d = Dist(device=placement.device)
     trainee = build_model(cfg, d)
     params = [p for _, p in trainee.named_params()]
     optimizer = build_optimizer(trainee, cfg)

@@ -46,26 +46,46 @@ def model_source(name: str | None) -> dict:
 
 def add_model_options(parser: argparse.ArgumentParser, model_help: str = MODEL_HELP) -> None:
     parser.add_argument("--model", default=None, help=model_help)
-    parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    add_placement_options(parser)
 
 
-def load_model(args: argparse.Namespace):
+def add_placement_options(parser: argparse.ArgumentParser) -> None:
+    auto = "auto: $GRIT_{} when set, else"
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        help=f"auto | float32 | bfloat16 | float16 ({auto.format('DTYPE')} "
+        "the fastest native dtype: bfloat16 on GPUs and AMX/AVX512-BF16 CPUs, float32 elsewhere)",
+    )
+    parser.add_argument("--device", default="auto", help=f"auto | cpu | cuda[:N] ({auto.format('DEVICE')} the first "
+                        "GPU if any)")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: $GRIT_THREADS, else torch's)")
+
+
+def placement(args: argparse.Namespace):
+    """The command's device, dtype and threads, resolved once (``grit.hardware``); a bad value is a ValueError."""
+    from grit import hardware
+
+    return hardware.resolve_placement(args.device, args.dtype, getattr(args, "threads", None))
+
+
+def load_model(args: argparse.Namespace, name: str | None = None):
+    """The model named by ``name`` (default ``--model``), on the command's placement."""
     from grit import GritModel
 
-    return GritModel.load(**model_source(args.model), dtype=args.dtype, device=args.device)
+    return GritModel.load(**model_source(name if name is not None else args.model), placement=placement(args))
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from grit import hardware, loading
+    from grit import loading
 
-    facts: dict[str, object] = {"cache": str(loading.cache_root()), **hardware.describe()}
     model = load_model(args)
+    facts: dict[str, object] = {"cache": str(loading.cache_root()), **model.placement.as_dict()}
     facts.update(
         model=str(model.path),
+        identity=model.identity.id,
         architecture=model.lm.config.model_type,
         parameters=f"{sum(p.numel() for p in model.lm.parameters()) / 1e6:.1f}M",
-        dtype=str(model.dtype).removeprefix("torch."),
         embedding_dim=model.dim,
         context=model.context_length,
     )

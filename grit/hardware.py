@@ -1,19 +1,38 @@
-"""Which device and dtype to run on, decided from what the machine can actually do.
+"""Where a model runs: device, dtype and threads, resolved once at an entry point into a concrete ``Placement``.
 
-bfloat16 is only a win where the hardware multiplies it natively: on a GPU, or a CPU with AMX / AVX512-BF16 (~7x
-faster than float32 there). On an AVX2-only CPU PyTorch emulates bf16 matmuls and they run hundreds of times slower
-than float32 (measured: 0.0003 vs 0.11 TFLOP/s on a 2-core AMD EPYC without AVX-512), so "auto" picks float32 there.
+Every entry point (``GritModel.load``, the CLI, ``grit.train.train``, ``grit.eval.run``, ``grit serve``) calls
+``resolve_placement`` once; everything below receives the resolved ``Placement`` and never sees "auto" again, and
+every artefact (train_config.json and log.jsonl, eval results.json, an index manifest, the server's /v1/models)
+records ``Placement.as_dict()`` so a number can be checked on another machine.
+
+Precedence, for device and dtype each: an explicit argument ("cpu", "float32", a ``torch.device``) wins; "auto"
+(or None) takes ``$GRIT_DEVICE`` / ``$GRIT_DTYPE`` when set; otherwise the hardware decides as below. The variables
+let a user pin a machine's choice without touching every command, and let the test suite run the same computation
+on every kind of machine (tests/conftest.py pins cpu + float32).
+
+What "auto" means, and why it keeps that name: grit's ``dtype="auto"`` is *the fastest dtype this hardware runs
+natively*, not transformers' ``dtype="auto"`` (the checkpoint's dtype). A checkpoint's dtype says how it was saved,
+not how fast it runs: SmolLM2's GGUF converts to float32, and a bf16 checkpoint on an AVX2-only CPU would run hundreds
+of times slower than float32. A user who asks grit for "auto" asks for speed on this machine, so that is what it
+resolves to (and the resolved value is recorded, so the choice is never hidden):
+- CUDA: bfloat16 where the GPU has it, else float16.
+- CPU with AMX or AVX512-BF16: bfloat16 (matmuls ~2.5-7x faster than float32 there).
+- Other CPUs (AVX2 only): float32. PyTorch emulates bf16 matmuls there, measured 0.0003 vs 0.11 TFLOP/s on a
+  2-core AMD EPYC without AVX-512.
+Device "auto" is the first CUDA GPU when there is one, else the CPU.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICE_ENV, DTYPE_ENV, THREADS_ENV = "GRIT_DEVICE", "GRIT_DTYPE", "GRIT_THREADS"
 
 
 @functools.cache
@@ -33,33 +52,126 @@ def cpu_has_fast_bf16() -> bool:
     return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A concrete device, dtype and CPU thread count (never "auto"). Build with ``resolve_placement``."""
+
+    device: torch.device
+    dtype: torch.dtype
+    threads: int  # torch's intra-op threads for CPU work
+
+    def as_dict(self) -> dict[str, str | int]:
+        """What artefacts record: the resolved values and the facts that decided them."""
+        return {
+            "device": str(self.device),
+            "dtype": dtype_name(self.dtype),
+            "threads": self.threads,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_bf16": "native" if cpu_has_fast_bf16() else "emulated",
+            "torch": torch.__version__,
+        }
+
+    def apply_threads(self) -> None:
+        """Set torch's thread count to this placement's (a no-op when it already is)."""
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+
+
+def available_devices() -> list[str]:
+    return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """A concrete device; an unknown or absent one is a ``ValueError`` naming it and what this machine has."""
+    if isinstance(device, torch.device):
+        requested = device
+    else:
+        text = os.environ.get(DEVICE_ENV, "auto") if device in (None, "auto") else device
+        source = f"{DEVICE_ENV}={text!r}" if device in (None, "auto") else f"device {text!r}"
+        text = text.strip().lower()
+        if text == "auto":
+            text = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            requested = torch.device(text)
+        except (RuntimeError, ValueError):
+            here = ", ".join(available_devices())
+            raise ValueError(f"{source} is not a device; expected auto, cpu, cuda or cuda:N (here: {here})") from None
+        if requested.type not in ("cpu", "cuda"):
+            raise ValueError(f"{source}: grit runs on cpu or cuda; available here: {', '.join(available_devices())}")
+    if requested.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ValueError(
+                f"device {str(requested)!r} asked for, but this machine has no CUDA GPU (torch {torch.__version__}); "
+                "available: cpu"
+            )
+        if requested.index is not None and requested.index >= count:
+            raise ValueError(
+                f"device {str(requested)!r} asked for, but this machine has {count} CUDA GPU(s); "
+                f"available: {', '.join(available_devices())}"
+            )
+        if requested.index is None:  # recorded as what ran: "cuda:0", not "cuda"
+            requested = torch.device("cuda", torch.cuda.current_device())
+    return requested
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """'auto' → bfloat16 on GPUs with bf16 and on CPUs with AMX/AVX512-BF16, float32 elsewhere."""
+    """A concrete dtype for ``device``: explicit, else ``$GRIT_DTYPE``, else the fastest native one (module doc)."""
     if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ValueError(f"dtype {dtype} is not one grit runs in; expected one of {', '.join(DTYPES)}")
         return dtype
-    if dtype in (None, "auto"):
+    from_env = dtype in (None, "auto")
+    text = os.environ.get(DTYPE_ENV, "auto") if from_env else dtype
+    text = text.strip().lower()
+    if text == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else torch.float32
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected 'auto' or one of {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    if text not in DTYPES:
+        source = f"{DTYPE_ENV}={text!r}" if from_env else f"unknown dtype {text!r}"
+        raise ValueError(f"{source}: expected auto or one of {', '.join(DTYPES)}")
+    return DTYPES[text]
+
+
+def resolve_threads(threads: int | None) -> int:
+    """CPU threads: explicit (>= 1), else ``$GRIT_THREADS``, else torch's current count (its default: the cores)."""
+    if threads is None and os.environ.get(THREADS_ENV):
+        text = os.environ[THREADS_ENV]
+        try:
+            threads = int(text)
+        except ValueError:
+            raise ValueError(f"{THREADS_ENV}={text!r} is not a whole number of threads") from None
+    if threads is None or threads == 0:
+        return torch.get_num_threads()
+    if threads < 0:
+        raise ValueError(f"threads must be >= 1 (or 0 for torch's default), got {threads}")
+    return threads
+
+
+def resolve_placement(
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = "auto",
+    threads: int | None = None,
+) -> Placement:
+    """The one place "auto" becomes concrete (see the module docstring for the rules and the variables)."""
+    resolved = resolve_device(device)
+    return Placement(resolved, resolve_dtype(dtype, resolved), resolve_threads(threads))
 
 
 def describe() -> dict[str, str | int]:
-    """What `grit info` prints about the machine."""
-    device = resolve_device()
+    """What `grit info` prints about the machine (with $GRIT_* applied, as every command would)."""
+    placement = resolve_placement()
     return {
-        "device": str(device),
-        "auto_dtype": str(resolve_dtype("auto", device)).removeprefix("torch."),
+        "device": str(placement.device),
+        "auto_dtype": dtype_name(placement.dtype),
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "threads": placement.threads,
         "cpu_count": os.cpu_count() or 0,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_bf16": "native (AMX/AVX512-BF16)" if cpu_has_fast_bf16() else "emulated (slow): float32 preferred",
     }

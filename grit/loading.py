@@ -7,7 +7,6 @@ conversion killed half-way never leaves a folder that a later load would accept.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -19,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from grit.identity import TrainedSettings, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -62,20 +63,9 @@ def default_gguf_path() -> Path:
     return path
 
 
-def file_fingerprint(path: Path, chunk: int = 1 << 20) -> str:
-    """A cheap content key: size plus the first and last MiB (hashing a whole multi-GB file at every start is slow)."""
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with path.open("rb") as f:
-        h.update(f.read(chunk))
-        f.seek(max(0, size - chunk))
-        h.update(f.read(chunk))
-    return h.hexdigest()[:12]
-
-
 def converted_folder(gguf: Path) -> Path:
     name = gguf.name.removesuffix(".gguf")
-    return cache_root() / "models" / f"{name}-{file_fingerprint(gguf)}"
+    return cache_root() / "models" / f"{name}-{file_digest(gguf)}"
 
 
 def is_complete(folder: Path) -> bool:
@@ -127,7 +117,7 @@ def convert_gguf(gguf: Path) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         seconds = time.perf_counter() - start
-        info = {"source": str(gguf), "fingerprint": file_fingerprint(gguf), "seconds": round(seconds, 1)}
+        info = {"source": str(gguf), "digest": file_digest(gguf), "seconds": round(seconds, 1)}
         (tmp / MARKER).write_text(json.dumps(info, indent=2))
         log.info("converted in %.1f s", seconds)
 
@@ -176,11 +166,10 @@ def adapter_base(folder: Path) -> Path | None:
     if config.get("peft_type") != "LORA":
         kind = config.get("peft_type")
         raise UnsupportedModelError(f"adapter {str(folder)!r} is {kind!r}; grit loads LoRA adapters")
-    recorded = trained_settings(folder)
-    if "model" in recorded:  # grit train's adapter: its config names the base portably (None: the default model)
-        model = recorded["model"]
-        if model is None or Path(model).expanduser().exists():
-            return resolve_model_path(model)
+    trained = TrainedSettings.read(folder)
+    if trained is not None:  # grit train's adapter: its config names the base portably (None: the default model)
+        if trained.base is None or Path(trained.base).expanduser().exists():
+            return resolve_model_path(trained.base)
     base = config.get("base_model_name_or_path")
     if not base:
         raise ModelNotFoundError(f"adapter {str(folder)!r} does not name its base model (base_model_name_or_path)")
@@ -201,22 +190,6 @@ def shipped_adapter() -> Path | None:
     """The GRIT LoRA adapter for the default model that ships inside the grit package (its model card is the
     README.md beside it), or None when this copy of grit has none."""
     return SHIPPED_ADAPTER if (SHIPPED_ADAPTER / ADAPTER_CONFIG).is_file() else None
-
-
-TRAIN_CONFIG = "train_config.json"  # written by grit train into final/ and adapter/, read back by GritModel.load
-
-
-def trained_settings(folder: Path) -> dict:
-    """The training config ``grit train`` stored in a model or adapter folder (``{}`` for any other folder): which
-    base it adapted, and the pooling and attention its embeddings were trained with."""
-    path = folder / TRAIN_CONFIG
-    if not path.is_file():
-        return {}
-    try:
-        settings = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UnsupportedModelError(f"{str(path)!r} is not valid JSON: {e}") from None
-    return settings if isinstance(settings, dict) else {}
 
 
 def decoder_model_types() -> set[str]:

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -24,6 +25,8 @@ from grit import embedding, generation, hardware, loading
 from grit.attention import check_bidirectional
 from grit.formats import Message, PromptFormat, as_messages
 from grit.generation import SamplingParams
+from grit.hardware import Placement
+from grit.identity import ModelIdentity
 from grit.kvcache import SpanCache
 from grit.pooling import Pooling, check_pooling
 
@@ -40,9 +43,15 @@ class GritModel:
     format: PromptFormat = field(default_factory=PromptFormat)
     pooling: Pooling = "mean"
     bidirectional: bool = True  # False embeds with causal attention (an ablation; GRIT uses bidirectional)
+    identity: ModelIdentity | None = None  # which model this is (from its files; see grit.identity); set by load
+    placement: Placement | None = None  # where it runs, resolved at load (grit.hardware); None: read off the weights
 
     def __post_init__(self) -> None:
         check_pooling(self.pooling)
+        if self.placement is None:
+            self.placement = Placement(self.device, self.dtype, torch.get_num_threads())
+        if self.identity is None:
+            self.identity = ModelIdentity.of(self.path)
 
     @classmethod
     def load(
@@ -52,6 +61,8 @@ class GritModel:
         base_only: bool = False,
         dtype: str | torch.dtype = "auto",
         device: str | torch.device = "auto",
+        threads: int | None = None,
+        placement: Placement | None = None,
         format: PromptFormat | None = None,
         pooling: Pooling | None = None,
         bidirectional: bool | None = None,
@@ -68,6 +79,11 @@ class GritModel:
         model trained to embed with causal attention and last-token pooling embeds that way), else mean pooling
         with bidirectional attention (GRIT).
 
+        ``device``, ``dtype`` and ``threads`` are resolved once by ``grit.hardware.resolve_placement`` ("auto":
+        the fastest native dtype of this hardware, not the checkpoint's; ``$GRIT_DEVICE`` / ``$GRIT_DTYPE`` /
+        ``$GRIT_THREADS`` fill in "auto"); an entry point that resolved them already passes ``placement``. The
+        result is ``model.placement``, and ``model.identity`` says which model it is (``grit.identity``).
+
         Raises ``ModelNotFoundError`` for a missing path and ``UnsupportedModelError`` for a non-decoder model.
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -77,8 +93,10 @@ class GritModel:
         folder = loading.resolve_model_path(path)
         base = loading.adapter_base(folder)  # a LoRA adapter folder: merged into its base model at load
         loading.check_architecture(base or folder)
-        device = hardware.resolve_device(device)
-        dtype = hardware.resolve_dtype(dtype, device)
+        placement = placement or hardware.resolve_placement(device, dtype, threads)
+        placement.apply_threads()
+        identity = ModelIdentity.of(folder, ModelIdentity.of(base) if base is not None else None)
+        device, dtype = placement.device, placement.dtype
         try:
             has_tokenizer = any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
             tokenizer = AutoTokenizer.from_pretrained(folder if has_tokenizer or base is None else base)
@@ -94,11 +112,13 @@ class GritModel:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         check_bidirectional(lm.base_model, str(folder))
-        trained = loading.trained_settings(folder)
-        pooling = pooling or trained.get("pooling", "mean")
-        bidirectional = bidirectional if bidirectional is not None else trained.get("attention") != "causal"
-        log.info("loaded %s (%s, %s on %s)", folder, lm.config.model_type, dtype, device)
-        return cls(lm, tokenizer, folder, format or PromptFormat(), pooling, bidirectional)
+        trained = identity.trained
+        pooling = pooling or (trained.pooling if trained else "mean")
+        if bidirectional is None:
+            bidirectional = trained is None or trained.attention == "bidirectional"
+        log.info("loaded %s (%s, %s on %s, %d threads; id %s)", folder, lm.config.model_type,
+                 hardware.dtype_name(dtype), device, placement.threads, identity.id)  # fmt: skip
+        return cls(lm, tokenizer, folder, format or PromptFormat(), pooling, bidirectional, identity, placement)
 
     # --- facts -------------------------------------------------------------------------------------------------
 
@@ -109,6 +129,12 @@ class GritModel:
     @property
     def dtype(self) -> torch.dtype:
         return self.lm.dtype
+
+    def embedding_settings(self) -> dict:
+        """What besides the weights shapes this model's vectors (pooling, attention, prompt format), as plain JSON
+        values: indexes and the eval cache compare it, so it is serialised one way, here."""
+        format = dataclasses.asdict(self.format)
+        return {"pooling": self.pooling, "bidirectional": self.bidirectional, "format": format}
 
     @property
     def dim(self) -> int:

@@ -80,6 +80,50 @@ def tiny_grit(tiny_model_path):
     return GritModel.load(tiny_model_path, dtype="float32", device="cpu")
 
 
+# Every test computes on the CPU in float32, whatever the machine: "auto" picks bfloat16 on AVX512-BF16 / AMX CPUs
+# and CUDA on GPU hosts, and the tests compare with float32 results (and subprocesses they start inherit this).
+# Tests of the auto choice itself take the ``auto_placement`` fixture; bf16 and GPU tests ask for their placement.
+PINNED_PLACEMENT = {"GRIT_DEVICE": "cpu", "GRIT_DTYPE": "float32"}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _pinned_placement():
+    old = {name: os.environ.get(name) for name in PINNED_PLACEMENT}
+    os.environ.update(PINNED_PLACEMENT)
+    yield
+    for name, value in old.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture
+def auto_placement(monkeypatch):
+    """No pinned device or dtype: "auto" decides as it would for a user (monkeypatch the CPU flags to test it)."""
+    for name in PINNED_PLACEMENT:
+        monkeypatch.delenv(name, raising=False)
+
+
+def native_bf16_reason() -> str | None:
+    from grit import hardware
+
+    if hardware.cpu_has_fast_bf16():
+        return None
+    return "this CPU has neither AMX nor AVX512-BF16: bfloat16 is emulated here (hundreds of times slower)"
+
+
+def pytest_collection_modifyitems(config, items):
+    """``bf16`` tests run where bfloat16 is native, ``gpu`` tests where CUDA is; elsewhere they skip, saying why."""
+    bf16_reason = native_bf16_reason()
+    cuda = torch.cuda.is_available()
+    for item in items:
+        if bf16_reason and item.get_closest_marker("bf16"):
+            item.add_marker(pytest.mark.skip(reason=bf16_reason))
+        if not cuda and item.get_closest_marker("gpu"):
+            item.add_marker(pytest.mark.skip(reason="no CUDA GPU on this machine"))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     """Tests never write into the user's ~/.cache/grit unless GRIT_TEST_CACHE points at a shared one (slow tests

@@ -78,28 +78,6 @@ def test_gguf_converts_once(tmp_path, monkeypatch):
     assert first.parent == tmp_path / "cache" / "models" and first.name.startswith("model-")
 
 
-def test_fingerprint_tracks_content(tmp_path):
-    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
-    a.write_bytes(b"1" * 5000)
-    b.write_bytes(b"1" * 4999 + b"2")
-    assert loading.file_fingerprint(a) != loading.file_fingerprint(b)
-
-
-def test_dtype_choice(monkeypatch):
-    import torch
-
-    from grit import hardware
-
-    cpu = torch.device("cpu")
-    assert hardware.resolve_dtype("bfloat16", cpu) is torch.bfloat16
-    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2"}))
-    assert hardware.resolve_dtype("auto", cpu) is torch.float32
-    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
-    assert hardware.resolve_dtype("auto", cpu) is torch.bfloat16
-    with pytest.raises(ValueError, match="unknown dtype 'fp8'"):
-        hardware.resolve_dtype("fp8", cpu)
-
-
 def test_folder_without_weights_is_one_clear_error(tmp_path, tiny_model_path):
     import shutil
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``eval`` subcommand to a parser's subparsers; ``args.handler(args)`` runs it."""
-    from grit.cli import MODEL_HELP
+    from grit.cli import MODEL_HELP, add_placement_options
     from grit.eval.run import SUITES
 
     p = subparsers.add_parser(
@@ -41,8 +41,7 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         action="store_true",
         help="keep the results already in --out and skip the tasks they hold for the same model and settings",
     )
-    p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
-    p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 (default: auto)")
+    add_placement_options(p)
     p.set_defaults(handler=eval_command)
     return p
 
@@ -57,8 +56,7 @@ def positive_int(text: str) -> int:
 def eval_command(args: argparse.Namespace) -> int:
     """Load the model, build the suite, run it, print the table; returns 0. An unknown task name, suite or data
     folder raises ``ValueError`` / ``FileNotFoundError`` before the model is loaded."""
-    from grit import GritModel
-    from grit.cli import model_source
+    from grit.cli import load_model
     from grit.eval.run import build_suite, default_baselines, run
 
     tasks = build_suite(args.suite, args.data, args.limit)
@@ -69,7 +67,7 @@ def eval_command(args: argparse.Namespace) -> int:
             names = ", ".join(t.name for t in tasks)
             raise ValueError(f"unknown task(s) {', '.join(unknown)}; suite {args.suite} has {names}")
         tasks = [t for t in tasks if t.name in wanted]
-    model = GritModel.load(**model_source(args.model), dtype=args.dtype, device=args.device)
+    model = load_model(args)
     baselines = default_baselines() if args.baselines else []
     if args.resume and not args.out:
         raise ValueError("--resume needs --out: the folder whose results to continue")

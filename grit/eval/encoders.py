@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import logging
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,41 +65,27 @@ def model_name(model: Any) -> str:
 
 
 def fingerprint(model: Any) -> str | None:
-    """A key that changes whenever the model's embeddings could: ``model.fingerprint()`` when it has one, a hash of
-    the weights, config, tokenizer and embedding settings for a model with ``lm`` (GritModel), else None (no cache).
-    """
+    """A key that changes whenever the model's embeddings could: ``model.fingerprint()`` when it has one; for a
+    GritModel, its identity (a digest of its files, ``grit.identity``), embedding settings and where it runs (the
+    device kind and dtype: a bfloat16 vector is not a float32 one); else None (nothing is cached or reused)."""
     if callable(getattr(model, "fingerprint", None)):
         return model.fingerprint()
-    if hasattr(model, "lm") and hasattr(model, "tokenizer"):
-        return torch_model_fingerprint(model)
-    return None
+    identity, placement = getattr(model, "identity", None), getattr(model, "placement", None)
+    if identity is None or placement is None or not callable(getattr(model, "embedding_settings", None)):
+        return None
+    parts = {
+        "model": identity.id,
+        "settings": model.embedding_settings(),
+        "device": placement.device.type,
+        "dtype": str(placement.dtype).removeprefix("torch."),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def torch_model_fingerprint(model: Any) -> str:
-    """sha256 of every weight's bytes plus what else shapes an embedding (~1 s per 100M parameters on a CPU).
-
-    The weights are hashed, not the path, because training overwrites checkpoints in place.
-    """
-    import torch
-
-    start = time.perf_counter()
-    h = hashlib.sha256()
-    settings = (
-        type(model).__name__,
-        getattr(model, "pooling", None),
-        getattr(model, "bidirectional", None),
-        repr(getattr(model, "format", None)),
-    )
-    h.update(repr(settings).encode())
-    h.update(model.lm.config.to_json_string().encode())
-    backend = getattr(model.tokenizer, "backend_tokenizer", None)
-    h.update(backend.to_str().encode() if backend is not None else repr(model.tokenizer.get_vocab()).encode())
-    with torch.no_grad():
-        for name, tensor in model.lm.state_dict().items():
-            h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-            h.update(memoryview(tensor.detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy()))
-    log.debug("fingerprinted %s in %.1f s", model_name(model), time.perf_counter() - start)
-    return h.hexdigest()[:16]
+def placement_record(model: Any) -> dict | None:
+    """Where a model ran, for results.json (``Placement.as_dict``); None for models that do not say (BM25)."""
+    placement = getattr(model, "placement", None)
+    return placement.as_dict() if placement is not None else None
 
 
 # --- sentence-transformers baseline -----------------------------------------------------------------------------
@@ -127,6 +113,15 @@ class SentenceTransformerEncoder:
 
     def fingerprint(self) -> str:
         return self.identity
+
+    @property
+    def placement(self):
+        import torch
+
+        from grit.hardware import Placement
+
+        weights = next(self.model.parameters())
+        return Placement(weights.device, weights.dtype, torch.get_num_threads())
 
 
 def minilm_path() -> Path:

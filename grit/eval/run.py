@@ -25,7 +25,7 @@ import grit
 from grit.eval import instructions
 from grit.eval.cache import EmbeddingCache
 from grit.eval.embedding_tasks import ClassificationTask, RetrievalTask, STSTask
-from grit.eval.encoders import BM25Retriever, fingerprint, load_minilm, model_name
+from grit.eval.encoders import BM25Retriever, fingerprint, load_minilm, model_name, placement_record
 from grit.eval.generative_tasks import InstructionTask, PerplexityTask, ReadingQATask
 from grit.eval.rag_tasks import RagQATask
 from grit.eval.tasks import Task, describe
@@ -213,9 +213,10 @@ def run(
         use_cache: Read and write corpus embeddings under ``$GRIT_CACHE/embeddings``.
         resume: Keep and reuse the results already in ``out_dir`` (see above).
     Returns:
-        ``{"created", "grit_version", "host", "models", "fingerprints", "tasks", "task_settings", "rows",
-        "details", "skipped"}`` (``task_settings``: the settings of each ``model/task`` pair); each row has model,
-        task, metric, value (None for NaN), n (examples scored) and seconds (the whole task, this model).
+        ``{"created", "grit_version", "host", "models", "fingerprints", "placements", "tasks", "task_settings",
+        "rows", "details", "skipped"}`` (``placements``: each model's resolved device, dtype and threads;
+        ``task_settings``: the settings of each ``model/task`` pair); each row has model, task, metric, value (None
+        for NaN), n (examples scored) and seconds (the whole task, this model).
     """
     out = Path(out_dir)
     results = read_results(out) if resume else None
@@ -233,6 +234,8 @@ def run(
         same_model = identity is not None and results["fingerprints"].get(name) == identity
         results["models"] = list(dict.fromkeys([*results["models"], name]))
         results["fingerprints"][name] = identity
+        if (where := placement_record(m)) is not None:
+            results.setdefault("placements", {})[name] = where
         for task in tasks:
             if not task.supports(m):
                 continue

@@ -12,7 +12,7 @@ from grit.rag.answer import CACHE_MODES, RAG, Answer, RagFormat
 from grit.rag.chunking import Chunk, ChunkConfig, chunk_documents
 from grit.rag.documents import Document, DocumentError, load_documents
 from grit.rag.index import DEFAULT_QUERY_INSTRUCTION, Hit, Index, IndexConfig
-from grit.rag.manifest import IndexFormatError, ModelMismatchError, model_id
+from grit.rag.manifest import IndexFormatError, ModelMismatchError
 from grit.rag.store import StoreConfig
 
 __all__ = [
@@ -33,5 +33,4 @@ __all__ = [
     "StoreConfig",
     "chunk_documents",
     "load_documents",
-    "model_id",
 ]

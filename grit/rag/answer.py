@@ -15,8 +15,10 @@ Cache modes (GritLM, Muennighoff et al. 2024, section 4 and its rag/eval.py):
 
 A cached span is exactly the text the embedding pass saw: ``<|embed|>\\n{document}`` for a document,
 ``<|user|>\\n{query instruction}\\n<|embed|>\\n{question}`` for the question. Document caches are built ahead
-(``RAG.cache_documents``, or on first use) and kept on disk in a ``KVStore``; the question's cache comes from the
-embedding pass that retrieval runs anyway. Spans are joined with their keys re-rotated to their real positions
+(``RAG.cache_documents``, or on first use) and kept on disk in a ``KVStore``, keyed by what they are (this model's
+identity, its dtype, the cache source and the chunk's token ids: a replaced document's old states can never answer
+for its new text, and the index evicts them when it replaces or deletes the document); the question's cache comes
+from the embedding pass that retrieval runs anyway. Spans are joined with their keys re-rotated to their real positions
 (``grit.kvcache.join_caches``), which also makes top-k > 1 documents work.
 
 ``cache_source="bidirectional"`` reuses the embedding pass's states as GritLM does (free, approximate: those states
@@ -42,9 +44,10 @@ import torch
 
 from grit import generation
 from grit.generation import Gate, Generation, SamplingParams
+from grit.hardware import dtype_name
 from grit.kvcache import CacheAttention, SpanCache, compute_cache, join_caches
 from grit.model import GritModel
-from grit.rag.kvstore import KVStore
+from grit.rag.kvstore import CacheKey, KVStore, store_folder
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,21 @@ class Answer:
     seconds: dict[str, float] = field(default_factory=dict)
     completion_tokens: int = 0
     finish_reason: str = ""  # "stop" or "length", as grit.generation.Generation
+
+
+@dataclass
+class CacheReport:
+    """What caching a set of chunks did."""
+
+    reused: int = 0  # chunks whose cache was already there
+    computed: int = 0  # chunks computed now
+    evicted: int = 0  # stale cache files removed (``cache_index``)
+    tokens: int = 0  # tokens the chunks' caches hold
+
+    def count(self, tokens: int, reused: bool) -> None:
+        self.tokens += tokens
+        self.reused += reused
+        self.computed += not reused
 
 
 @dataclass
@@ -122,8 +140,9 @@ class RAG:
         self.fmt = fmt or RagFormat()
         self.cache_source = cache_source
         self.reposition = reposition
-        self._memory: dict[str, SpanCache] = {}  # document caches when there is no store
+        self._memory: dict[CacheKey, SpanCache] = {}  # document caches when there is no store
         self._lock = threading.Lock()
+        index.watch(self.evict)  # a replaced or deleted document's caches go with it
 
     # --- spans -------------------------------------------------------------------------------------------------
 
@@ -133,31 +152,78 @@ class RAG:
         prefix = self.model.format.embed_prefix(instruction)
         return tokenize(self.model.tokenizer, [text], prefix, max_length)[0].ids
 
-    def _compute_span(self, text: str, instruction: str) -> SpanCache:
+    def _compute_span(self, text: str, instruction: str, ids: list[int]) -> SpanCache:
         """A span's cache as the chosen source gives it; the bidirectional one is what ``encode_with_cache``
         returns, i.e. the index's own embedding pass."""
-        limit = self.model.context_length
         if self.cache_source == "bidirectional":
-            return self.model.encode_with_cache([text], instruction, max_length=limit)[1][0]
-        return compute_cache(self.model.lm.base_model, self._span_ids(text, instruction, limit), "causal")
+            return self.model.encode_with_cache([text], instruction, max_length=self.model.context_length)[1][0]
+        return compute_cache(self.model.lm.base_model, ids, "causal")
+
+    def cache_key(self, doc_id: str, ids: list[int]) -> CacheKey:
+        """What a document span's cache is: this model, its dtype, the cache source and the exact token ids."""
+        return CacheKey.of(doc_id, ids, self.model.identity.id, dtype_name(self.model.dtype), self.cache_source)
+
+    def _document_span(self, hit) -> tuple[SpanCache, CacheKey, bool]:
+        """A hit's chunk cache, its key, and whether it was reused (from memory or the store) or computed now."""
+        text, instruction = self.index.document_text(hit), self.index.config.document_instruction
+        ids = self._span_ids(text, instruction, self.model.context_length)
+        key = self.cache_key(hit.doc_id, ids)
+        with self._lock:
+            span = self.kv_store.get(key) if self.kv_store is not None else self._memory.get(key)
+        if span is not None:
+            return span, key, True
+        span = self._compute_span(text, instruction, ids)
+        key = self.cache_key(hit.doc_id, span.ids)  # the ids the pass really saw (equal to ``ids``)
+        with self._lock:
+            if self.kv_store is not None:
+                self.kv_store.put(key, span)
+            else:
+                self._memory[key] = span
+        return span, key, False
 
     def document_span(self, hit) -> SpanCache:
         """The cache of a hit's chunk: from memory, the store, or computed now (and stored)."""
-        key = f"{hit.doc_id}#{hit.number}:{self.cache_source}"
-        with self._lock:
-            span = self.kv_store.get(key) if self.kv_store is not None else self._memory.get(key)
-        if span is None:
-            span = self._compute_span(self.index.document_text(hit), self.index.config.document_instruction)
-            with self._lock:
-                if self.kv_store is not None:
-                    self.kv_store.put(key, span)
-                else:
-                    self._memory[key] = span
-        return span
+        return self._document_span(hit)[0]
 
-    def cache_documents(self, hits) -> int:
-        """Build the caches of these chunks ahead of time (the paper's offline step); returns tokens cached."""
-        return sum(len(self.document_span(h)) for h in hits)
+    def cache_documents(self, hits, *, progress: bool = False) -> CacheReport:
+        """Build the caches of these chunks ahead of time (the paper's offline step)."""
+        from tqdm.auto import tqdm
+
+        report = CacheReport()
+        for hit in tqdm(hits, desc="KV cache", unit="chunk", disable=not progress):
+            span, _, reused = self._document_span(hit)
+            report.count(len(span), reused)
+        return report
+
+    def cache_index(self, *, progress: bool = False) -> CacheReport:
+        """Every chunk of the index cached, and every other cache in the store evicted (of documents no longer
+        indexed, older texts, another model, dtype or format): ``grit rag cache``."""
+        from tqdm.auto import tqdm
+
+        report, keys = CacheReport(), []
+        for hit in tqdm(self.index.all_chunks(), desc="KV cache", unit="chunk", disable=not progress):
+            span, key, reused = self._document_span(hit)
+            report.count(len(span), reused)
+            keys.append(key)
+        with self._lock:
+            if self.kv_store is not None:
+                report.evicted = self.kv_store.retain(keys)
+            else:
+                keep = set(keys)
+                stale = [k for k in self._memory if k not in keep]
+                for k in stale:
+                    del self._memory[k]
+                report.evicted = len(stale)
+        return report
+
+    def evict(self, doc_ids: list[str]) -> int:
+        """Drop the caches of these documents (called by the index when they are deleted or replaced)."""
+        ids = set(doc_ids)
+        with self._lock:
+            stale = [k for k in self._memory if k.doc_id in ids]
+            for k in stale:
+                del self._memory[k]
+            return len(stale) + (self.kv_store.evict_documents(ids) if self.kv_store is not None else 0)
 
     # --- prompt layouts ----------------------------------------------------------------------------------------
 
@@ -293,5 +359,5 @@ class RAG:
         """A saved index with its on-disk KV store (``folder/kv-<source>``); ``model`` must be the index's model."""
         from grit.rag.index import Index
 
-        return cls(model, Index.load(folder, model), KVStore(Path(folder) / f"kv-{cache_source}"),
-                   cache_source=cache_source)  # fmt: skip
+        index = Index.load(folder, model)
+        return cls(model, index, KVStore(store_folder(folder, cache_source)), cache_source=cache_source)

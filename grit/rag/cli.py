@@ -12,8 +12,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from grit import GritModel
-from grit.cli import add_model_options, model_source
+from grit.cli import add_model_options, load_model
 from grit.rag.chunking import ChunkConfig
 from grit.rag.documents import load_documents
 from grit.rag.index import DEFAULT_QUERY_INSTRUCTION, Index, IndexConfig
@@ -84,7 +83,7 @@ def load_index_model(args: argparse.Namespace, index_folder: Path | None = None)
                 f"index {index_folder} was built with model {model['id']!r} from {path}, which is not there; "
                 "pass --model with that model's folder"
             )
-    return GritModel.load(**model_source(path), dtype=args.dtype, device=args.device)
+    return load_model(args, path)
 
 
 def cmd_build(args: argparse.Namespace) -> None:
@@ -197,10 +196,10 @@ def cmd_ask(args: argparse.Namespace) -> None:
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
-    from tqdm.auto import tqdm
-
     rag = _rag(args)
-    tokens = sum(rag.cache_documents([hit]) for hit in tqdm(rag.index.all_chunks(), desc="KV cache", unit="chunk"))
+    report = rag.cache_index(progress=True)
     size = rag.kv_store.disk_bytes()
-    print(f"cached {tokens} tokens of {rag.index.num_chunks} chunks: {size / 1e6:.1f} MB on disk "
-          f"({size / max(tokens, 1) * 1000 / 1e6:.1f} MB per 1,000 tokens) in {rag.kv_store.folder}")  # fmt: skip
+    per_thousand = size / max(report.tokens, 1) * 1000 / 1e6
+    print(f"{rag.index.num_chunks} chunks: {report.reused} cached already, {report.computed} computed, "
+          f"{report.evicted} stale evicted; {report.tokens} tokens, {size / 1e6:.1f} MB on disk "
+          f"({per_thousand:.1f} MB per 1,000 tokens) in {rag.kv_store.folder}")  # fmt: skip

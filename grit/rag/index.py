@@ -26,7 +26,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ import faiss
 import numpy as np
 
 from grit.loading import write_folder_atomically
+from grit.rag import kvstore
 from grit.rag import manifest as mf
 from grit.rag.chunking import Chunk, ChunkConfig, chunk_documents
 from grit.rag.documents import Document, DocumentError
@@ -86,11 +88,16 @@ class Index:
         self.config = config or IndexConfig()
         self.tokenizer = tokenizer if tokenizer is not None else getattr(encoder, "tokenizer", None)
         self.model = mf.encoder_identity(encoder) if encoder is not None else None
+        self.placements: list[dict] = []  # where this index's vectors were computed (manifest.json "placements")
         self.store = VectorStore(self.config.store)
         self.documents: dict[str, Document] = {}
         self.chunks: dict[int, Chunk] = {}  # FAISS id -> chunk
         self._rows: dict[str, list[int]] = {}  # document id -> FAISS ids of its chunks
         self._next_id = 0
+        # Documents deleted or replaced since this index was built or loaded: ``save`` carries over the KV caches of
+        # the others only. Watchers (a RAG's cache eviction, see ``watch``) hear of them at once.
+        self.changed_documents: set[str] = set()
+        self._watchers: list[weakref.WeakMethod] = []
 
     @classmethod
     def build(
@@ -144,6 +151,7 @@ class Index:
         rows = np.arange(self._next_id, self._next_id + len(chunks), dtype=np.int64)
         if vectors is not None:
             self.store.add(vectors, rows)
+            self._record_placement()
         self._next_id += len(chunks)
         for row, chunk in zip(rows.tolist(), chunks, strict=True):
             self.chunks[row] = chunk
@@ -170,7 +178,21 @@ class Index:
             del self.documents[i]
             for row in self._rows.pop(i):
                 del self.chunks[row]
+        self.changed_documents.update(ids)
+        self._watchers = [w for w in self._watchers if w() is not None]
+        for watcher in self._watchers:
+            watcher()(ids)
         return len(rows)
+
+    def watch(self, method: Callable[[list[str]], object]) -> None:
+        """Call ``method(doc_ids)`` whenever documents are deleted or replaced (a RAG drops their KV caches). Held
+        weakly, so a RAG that is no longer used stops listening instead of being kept alive by its index."""
+        self._watchers.append(weakref.WeakMethod(method))
+
+    def _record_placement(self) -> None:
+        placement = mf.encoder_placement(self.encoder)
+        if placement is not None and placement not in self.placements:
+            self.placements.append(placement)
 
     # --- searching ---------------------------------------------------------------------------------------------
 
@@ -276,11 +298,24 @@ class Index:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the index folder (replacing an older index there). Refuses to replace a folder that is not an
-        index, so a mistyped path never deletes user files."""
+        index, so a mistyped path never deletes user files. The KV caches in the older folder (``kv-*/``) are
+        carried over for the documents that are still indexed unchanged; those of deleted or replaced documents
+        are dropped."""
         target = Path(path).expanduser()
         if target.exists() and not mf.is_index_folder(target):
             raise FileExistsError(f"{target} exists and is not a grit index; refusing to overwrite it")
-        return write_folder_atomically(target, self._write)
+
+        def fill(folder: Path) -> None:
+            self._write(folder)
+            if target.is_dir():
+                unchanged = [d for d in self.documents if d not in self.changed_documents]
+                carried = kvstore.carry_over(target, folder, unchanged)
+                if carried:
+                    log.info("kept %d cached KV states of unchanged documents", carried)
+
+        write_folder_atomically(target, fill)
+        self.changed_documents.clear()  # the folder now matches this index exactly
+        return target
 
     def _write(self, folder: Path) -> None:
         with (folder / DOCUMENTS).open("w", encoding="utf-8") as f:
@@ -297,6 +332,7 @@ class Index:
             folder,
             {
                 "model": self.model,
+                "placements": self.placements,
                 "dim": self.store.dim or getattr(self.encoder, "dim", None),
                 "instructions": instructions,
                 "index_kind": self.store.kind,
@@ -325,6 +361,7 @@ class Index:
         index = cls(encoder, config, tokenizer=tokenizer)
         if encoder is None:  # else keep the encoder's identity: same model, but its path may have moved
             index.model = m["model"]
+        index.placements = list(m.get("placements", []))
         index._next_id = m["next_id"]
         for line in _read_lines(folder / DOCUMENTS):
             index.documents[line["id"]] = Document(line["id"], line["text"], line["title"])

@@ -1,37 +1,23 @@
 """What an index folder says about itself (manifest.json), and which model made its vectors.
 
 Vectors from two models (or one model with another pooling or prompt format) live in unrelated spaces: searching one
-with the other returns confident nonsense. So an index records the identity of its encoder and refuses any other.
-
-A model folder's identity is its name plus a hash over its config, tokenizer and weight files (each hashed with
-``grit.loading.file_fingerprint``: size plus first and last MiB, cheap even for GB-sized weights). Copying or moving
-the folder keeps the identity; fine-tuning or changing the tokenizer changes it.
+with the other returns confident nonsense. So an index records the identity of its encoder (``grit.identity``:
+the folder name plus a digest of its config, tokenizer and weight files; a copy or move keeps it, fine-tuning
+changes it) and its embedding settings, and refuses any other model. It also records where its vectors were
+computed (``placements``: device, dtype and threads of every session that added vectors), for the reader of a
+number; a float32 index searched from bfloat16 is allowed, only the model must be the same.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
 import grit
-from grit.loading import file_fingerprint
 
 FORMAT = "grit-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: model ids from grit.identity (content digests), placements recorded
 MANIFEST = "manifest.json"
-IDENTITY_FILES = (
-    "config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "*.safetensors",
-    "pytorch_model*.bin",
-)
 
 
 class IndexFormatError(ValueError):
@@ -42,35 +28,26 @@ class ModelMismatchError(ValueError):
     """The index was built with another model (or other embedding settings) than the one given."""
 
 
-def model_id(folder: str | Path) -> str:
-    """``"{folder name}-{12 hex}"``, stable across copies of the same model files."""
-    folder = Path(folder)
-    files = sorted({p for pattern in IDENTITY_FILES for p in folder.glob(pattern) if p.is_file()})
-    if not files:
-        raise FileNotFoundError(f"{folder} holds no config, tokenizer or weight files to identify a model by")
-    h = hashlib.sha256()
-    for p in files:
-        h.update(f"{p.name}:{file_fingerprint(p)}\n".encode())
-    return f"{folder.name}-{h.hexdigest()[:12]}"
-
-
 def encoder_identity(encoder) -> dict:
-    """``{"id", "path", "settings"}`` for a GritModel (identified by its folder) or any encoder with a ``model_id``
-    string. ``settings`` holds what else changes the vectors: pooling, attention, prompt format."""
+    """``{"id", "path", "settings"}`` for a GritModel (its ``identity`` and ``embedding_settings()``) or any encoder
+    with a ``model_id`` string."""
     if isinstance(getattr(encoder, "model_id", None), str):
         return {"id": encoder.model_id, "path": None, "settings": {}}
-    path = getattr(encoder, "path", None)
-    if path is None:
+    identity = getattr(encoder, "identity", None)
+    if identity is None or not callable(getattr(encoder, "embedding_settings", None)):
         raise TypeError(
-            f"{type(encoder).__name__} has neither a `path` (model folder) nor a `model_id` string; the index needs "
-            "one to refuse vectors from other models later"
+            f"{type(encoder).__name__} has neither an `identity` (grit.identity.ModelIdentity) with "
+            "`embedding_settings()` nor a `model_id` string; the index needs one to refuse vectors from other models"
         )
-    settings = {}
-    for name in ("pooling", "bidirectional", "format"):
-        value = getattr(encoder, name, None)
-        if value is not None:
-            settings[name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-    return {"id": model_id(path), "path": str(Path(path).resolve()), "settings": settings}
+    return {"id": identity.id, "path": identity.path, "settings": encoder.embedding_settings()}
+
+
+def encoder_placement(encoder) -> dict | None:
+    """Device, dtype and threads the encoder runs with (``Placement.as_dict``), or None when it does not say."""
+    placement = getattr(encoder, "placement", None)
+    if placement is None:
+        return None
+    return {k: v for k, v in placement.as_dict().items() if k in ("device", "dtype", "threads")}
 
 
 def check_same_model(stored: dict, current: dict, where: Path) -> None:

@@ -69,7 +69,7 @@ def create_app(model: GritModel, config: ServeConfig | None = None, rag=None) ->
     server = Server(
         model=model,
         config=config,
-        name=config.model_name or model.path.name,
+        name=config.model_name or model.identity.name,
         gate=gate,
         batcher=EmbeddingBatcher(
             model, gate, config.max_batch_texts, config.embed_batch_size, config.batch_wait_ms / 1000
@@ -158,8 +158,12 @@ def check_model(server: Server, name: str | None) -> None:
 
 def model_card(server: Server) -> dict:
     capabilities = ["embeddings", "chat.completions", "completions"] + (["rag"] if server.rag else [])
+    identity, model = server.model.identity, server.model
     return {"id": server.name, "object": "model", "created": server.created, "owned_by": "grit",
-            "capabilities": capabilities}  # fmt: skip
+            "capabilities": capabilities,
+            # grit's metadata: which model exactly (its digest, not its path) and where it runs, resolved
+            "grit": {"model": identity.id, "base": identity.base, "placement": model.placement.as_dict(),
+                     "embedding_dim": model.dim, "context_length": model.context_length}}  # fmt: skip
 
 
 def note(request: Request, **fields) -> None:

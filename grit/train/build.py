@@ -1,8 +1,9 @@
 """What a run trains and how: the model (all weights, or LoRA adapters through peft), AdamW, the LR schedule.
 
 Full fine-tuning keeps float32 weights and runs the forward passes under autocast when the compute dtype (``dtype``,
-"auto" as grit.hardware: bfloat16 on GPUs, float32 on CPUs without native bf16) is lower: Adam's small updates are
-lost in bf16 weights. LoRA loads the frozen base in the compute dtype and peft keeps the adapters in float32.
+resolved by grit.hardware: "auto" is bfloat16 on GPUs and AMX/AVX512-BF16 CPUs, float32 elsewhere) is lower: Adam's
+small updates are lost in bf16 weights. LoRA loads the frozen base in the compute dtype and peft keeps the adapters
+in float32.
 
 LoRA layers are injected into ``model.lm`` in place, so the training forward passes call ``lm.base_model`` and ``lm``
 as ``GritModel`` does; the ``PeftModel`` wrapper is kept only to save the adapter and to merge it at the end.
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import torch
 
-from grit.hardware import resolve_dtype
+from grit.hardware import DTYPES, Placement
+from grit.identity import ModelIdentity
+from grit.loading import resolve_model_path
 from grit.model import GritModel
 
 from .config import LoraConfig, TrainConfig
@@ -35,6 +38,7 @@ class Trainee:
     model: GritModel
     peft: torch.nn.Module | None  # the PeftModel around model.lm (LoRA), else None
     compute_dtype: torch.dtype
+    base: ModelIdentity  # the model training started from (a resumed full fine-tune loads a checkpoint instead)
 
     @property
     def lm(self) -> torch.nn.Module:
@@ -87,25 +91,29 @@ def load_adapter_weights(peft_model: torch.nn.Module, folder: Path) -> None:
 
 def build_model(cfg: TrainConfig, d: Dist, checkpoint: Path | None = None) -> Trainee:
     """Load ``cfg.model`` (or, for a full fine-tune, the checkpoint's weights) in training mode, equal on every
-    process."""
-    compute = resolve_dtype(cfg.dtype, d.device)
-    options = {"device": d.device, "pooling": cfg.pooling, "bidirectional": cfg.attention == "bidirectional"}
+    process. ``cfg`` is resolved (``TrainConfig.resolved``): its device and dtype are concrete."""
+    compute = DTYPES[cfg.dtype]
+    options = {"pooling": cfg.pooling, "bidirectional": cfg.attention == "bidirectional"}
     if cfg.lora.enabled:
-        model = GritModel.load(cfg.model, base_only=True, dtype=compute, **options)
+        placement = Placement(d.device, compute, cfg.threads)
+        model = GritModel.load(cfg.model, base_only=True, placement=placement, **options)
         peft_model = add_lora(model.lm, cfg.lora)
         if checkpoint is not None:
             load_adapter_weights(peft_model, checkpoint / ADAPTER)
-    else:
-        model = GritModel.load(checkpoint or cfg.model, base_only=True, dtype=torch.float32, **options)
+        base = model.identity
+    else:  # float32 weights, autocast to the compute dtype (module docstring)
+        placement = Placement(d.device, torch.float32, cfg.threads)
+        model = GritModel.load(checkpoint or cfg.model, base_only=True, placement=placement, **options)
         peft_model = None
+        base = model.identity if checkpoint is None else ModelIdentity.of(resolve_model_path(cfg.model))
     model.lm.train()
-    trainee = Trainee(model, peft_model, compute)
+    trainee = Trainee(model, peft_model, compute, base)
     params = [p for _, p in trainee.named_params()]
     broadcast_params(params, d)
     total = sum(p.numel() for p in model.lm.parameters())
     trained = sum(p.numel() for p in params)
     log.info("training %.1fM of %.1fM parameters (%s), compute dtype %s", trained / 1e6, total / 1e6,
-             "LoRA" if peft_model is not None else "full", str(compute).removeprefix("torch."))  # fmt: skip
+             "LoRA" if peft_model is not None else "full", cfg.dtype)  # fmt: skip
     return trainee
 
 

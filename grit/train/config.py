@@ -15,12 +15,14 @@ import copy
 import dataclasses
 import json
 import logging
+import re
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from grit.loading import TRAIN_CONFIG
+from grit.hardware import Placement, dtype_name
+from grit.identity import TRAIN_CONFIG
 from grit.pooling import Pooling
 
 log = logging.getLogger(__name__)
@@ -119,7 +121,15 @@ class TrainConfig:
     mode: Literal["embedding", "generative", "unified"] = opt("unified", "Which losses to train.")
     output_dir: str = opt("runs/grit", "Checkpoints, logs and train_config.json go here.")
     seed: int = opt(0, "Seed for data order, negative sampling and initialisation.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt("auto", "Compute dtype; auto as grit.hardware.")
+    device: str = opt(
+        "auto",
+        "auto | cpu | cuda | cuda:N; auto: $GRIT_DEVICE, else the first GPU if any (under torchrun: each "
+        "process's LOCAL_RANK GPU). train_config.json records the resolved one.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
+        "auto", "Compute dtype; auto: $GRIT_DTYPE, else the fastest native one (grit.hardware). Recorded resolved."
+    )
+    threads: int = opt(0, "CPU threads; 0: $GRIT_THREADS, else torch's default. Recorded resolved.")
     data: DataConfig = opt(DataConfig, "Data files, batch sizes and lengths.")
     lora: LoraConfig = opt(LoraConfig, "LoRA adapters.")
     # --- embedding ---
@@ -157,6 +167,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        check(
+            re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device).strip().lower()) is not None,
+            f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
+        )
+        check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
         check(self.model is None or bool(str(self.model)), "model must be a path or None, got ''")
         check(bool(self.output_dir), "output_dir must not be empty")
         self.check_data()
@@ -227,6 +242,12 @@ class TrainConfig:
         if not isinstance(values, dict):
             raise ValueError(f"config file {str(path)!r} must hold a mapping, got {type(values).__name__}")
         return cls.from_dict(values, overrides)
+
+    def resolved(self, placement: Placement) -> TrainConfig:
+        """This config with device, dtype and threads as they run (no "auto"): what train_config.json records."""
+        return dataclasses.replace(
+            self, device=str(placement.device), dtype=dtype_name(placement.dtype), threads=placement.threads
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -53,8 +53,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from grit import hardware
-
 log = logging.getLogger(__name__)
 
 
@@ -73,14 +71,20 @@ class Dist:
         return self.rank == 0
 
 
-def setup() -> Dist:
-    """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on GPU), or run alone."""
+def setup(device: torch.device) -> Dist:
+    """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on GPU), or run alone on
+    ``device`` (resolved by ``grit.hardware``). Under torchrun a CUDA run puts each process on its LOCAL_RANK GPU
+    (the index of ``device`` is not used); a CPU run stays on the CPU even where GPUs exist."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = hardware.resolve_device("auto")
     if world == 1:
         return Dist(device=device)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(
+                f"process {rank} has LOCAL_RANK {local_rank}, but this machine has {torch.cuda.device_count()} "
+                "CUDA GPU(s); start at most that many processes per machine, or train with device=cpu"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     started = not dist.is_initialized()

@@ -14,11 +14,13 @@ Trainer: a GRIT step does several backward passes through two entry points of on
 single ``compute_loss`` does not fit without copying its internals (as GritLM did).
 
     output_dir/
-        train_config.json     the run's config
+        train_config.json     the run's config, device, dtype and threads resolved (as they ran)
         log.jsonl             one line per step: step, loss, loss_emb, loss_gen, lr, grad_norm (of the gradient the
                               optimizer gets, before clipping unless clip_per_loss), grad_norm_emb and grad_norm_gen
                               (unified: each loss's own, before clipping), tokens, truncated, seconds (this step's
-                              wall time; tokens / seconds is the throughput)
+                              wall time; tokens / seconds is the throughput). The first line of each start also
+                              has placement (device, dtype, threads, CPU capability) and model (the identity of
+                              the model training started from, checked on resume)
         checkpoint-<step>/    every save_every steps and at the end (checkpoint.py); a restart resumes from the newest
         final/                the trained model, LoRA merged in: GritModel.load(output_dir / "final")
         adapter/              LoRA only: the adapter alone, in peft's format, with train_config.json
@@ -28,6 +30,7 @@ single ``compute_loss`` does not fit without copying its internals (as GritLM di
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -42,6 +45,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from grit.hardware import resolve_placement
 from grit.loading import write_folder_atomically
 
 from . import checkpoint, distributed
@@ -61,21 +65,29 @@ Callback = Callable[[dict[str, Any]], None]
 
 def train(config: TrainConfig, on_step: Callback | None = None) -> Path:
     """Train as ``config`` says; returns the folder of the final model. ``on_step(record)`` is called on every
-    process after each step (and its checkpoint, if any) with the line written to log.jsonl."""
-    d = distributed.setup()
+    process after each step (and its checkpoint, if any) with the line written to log.jsonl.
+
+    Device, dtype and threads are resolved here, once (``grit.hardware.resolve_placement``); everything below
+    sees the resolved config, and train_config.json and the first log.jsonl line of each start record it."""
+    placement = resolve_placement(config.device, config.dtype, config.threads or None)
+    d = distributed.setup(placement.device)
     try:
-        return run(config, d, on_step)
+        placement = dataclasses.replace(placement, device=d.device)  # under torchrun: this process's own GPU
+        placement.apply_threads()
+        return run(config.resolved(placement), d, on_step)
     finally:
         distributed.teardown(d)
 
 
 def run(cfg: TrainConfig, d: Dist, on_step: Callback | None = None) -> Path:
+    """The loop, for a config ``train`` resolved (concrete device, dtype and threads) on this process's ``d``."""
     out = Path(cfg.output_dir)
     resume_from = find_resume(cfg, out)
     seed_everything(cfg.seed + d.rank)  # per process, so dropout masks differ; LoRA init is broadcast from rank 0
     if cfg.eval_every:
         log.warning("eval_every=%d: the trainer does not evaluate yet; `grit eval` a checkpoint", cfg.eval_every)
     trainee = build_model(cfg, d, resume_from)
+    check_same_base(trainee, out, resume_from)
     batches = Batches(cfg, trainee.model.tokenizer, trainee.model.format, d)
     total = total_steps(cfg, batches.batches_per_epoch())
     optimizer = build_optimizer(trainee, cfg)
@@ -91,10 +103,13 @@ def run(cfg: TrainConfig, d: Dist, on_step: Callback | None = None) -> Path:
         truncate_log(out / LOG_FILE, step)
     params = [p for _, p in trainee.named_params()]
     bar = tqdm(total=total, initial=step, desc=f"train {cfg.mode}", unit="step", disable=not d.main)
+    started = {"placement": trainee.model.placement.as_dict() | {"dtype": cfg.dtype}, "model": trainee.base.id}
     while step < total:
         record = optimizer_step(trainee, batches.next, optimizer, scheduler, params, cfg, d)
         step += 1
         record = {"step": step, **record}
+        if started:  # the first line of each start says where it ran and on which model (a resume may move)
+            record, started = {**record, **started}, None
         if d.main:
             with (out / LOG_FILE).open("a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -122,6 +137,20 @@ def find_resume(cfg: TrainConfig, out: Path) -> Path | None:
         if changed:
             log.warning("resuming %s with changed options: %s", out, ", ".join(changed))
     return newest
+
+
+def check_same_base(trainee: Trainee, out: Path, resume_from: Path | None) -> None:
+    """A resumed run must continue on the model it started from: the first log line records its identity."""
+    if resume_from is None or not (out / LOG_FILE).is_file():
+        return
+    with (out / LOG_FILE).open() as f:
+        first = json.loads(f.readline() or "{}")
+    before, now = first.get("model"), trainee.base.id
+    if before is not None and before != now:
+        raise ValueError(
+            f"{out} was trained from model {before}, but the model now is {now}: its files changed since the run "
+            "started; train into another output_dir"
+        )
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -55,17 +55,25 @@ def test_cache_key_covers_model_texts_and_instruction(tmp_path):
     assert len(calls) == 1 and [p.name.startswith(".tmp") for p in tmp_path.iterdir()] == [False]
 
 
-def test_fingerprint_changes_with_weights(tiny_model_path):
-    import torch
+def test_fingerprint_follows_the_model_files_settings_and_dtype(tiny_model_path, tmp_path):
+    """The eval cache key: the same files give the same key (a copy too), changed weights or embedding settings or
+    another dtype give another, so cached vectors of one are never read for the other."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
 
     from grit import GritModel
 
     model = GritModel.load(tiny_model_path, dtype="float32", device="cpu")
     before = fingerprint(model)
-    assert fingerprint(model) == before
-    with torch.no_grad():
-        model.lm.lm_head.weight[0, 0] += 1
-    assert fingerprint(model) != before
+    copy = shutil.copytree(tiny_model_path, tmp_path / tiny_model_path.name)
+    assert fingerprint(GritModel.load(copy)) == before
+    assert fingerprint(GritModel.load(copy, pooling="last")) != before
+    assert fingerprint(GritModel.load(copy, dtype="bfloat16")) != before
+    weights = load_file(copy / "model.safetensors")
+    weights["model.norm.weight"] = weights["model.norm.weight"] + 1
+    save_file(weights, copy / "model.safetensors", metadata={"format": "pt"})
+    assert fingerprint(GritModel.load(copy)) != before
 
 
 def test_retrieval_bm25(eval_data):

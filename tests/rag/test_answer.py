@@ -1,5 +1,6 @@
 """RAG answering with each cache mode, on the tiny random Llama (answers are noise; the mechanics are tested)."""
 
+import dataclasses
 import logging
 
 import pytest
@@ -71,7 +72,66 @@ def test_kv_store_is_filled_and_a_corrupt_file_is_recomputed(tiny_grit, index, t
 def test_cache_documents_ahead(tiny_grit, index):
     rag = RAG(tiny_grit, index)
     hits = index.search("json", k=3)
-    assert rag.cache_documents(hits) == sum(len(rag.document_span(h)) for h in hits) > 0
+    first = rag.cache_documents(hits)
+    assert first.tokens == sum(len(rag.document_span(h)) for h in hits) > 0
+    assert (first.computed, first.reused) == (3, 0)
+    again = rag.cache_documents(hits)
+    assert (again.computed, again.reused, again.tokens) == (0, 3, first.tokens)
+
+
+NEW_JSON = "The json module was replaced by the parcel module, which reads tables from the moon."
+
+
+@pytest.mark.parametrize("source", ["causal", "bidirectional"])
+def test_a_replaced_document_is_never_answered_from_its_old_cache(tiny_grit, tmp_path, source):
+    """Cache a document, replace its text: the cached answer equals one computed with no cache at all over the
+    new text, and the old text's cache file is gone (in memory and on disk) at once."""
+    index = Index.build(DOCS, tiny_grit)
+    store = KVStore(tmp_path / "kv")
+    rag = RAG(tiny_grit, index, store, cache_source=source)
+    assert rag.cache_index().computed == len(DOCS) and len(store.files()) == len(DOCS)
+    old_file = store.path(rag.cache_key("json", rag.prepare("json", 1, "doc", 6)[1].spans[0].ids))
+    assert old_file.exists()
+
+    index.add([Document("json", NEW_JSON, "json")], replace=True)
+    assert not old_file.exists() and len(store.files()) == len(DOCS) - 1
+    question = "What does the parcel module read?"
+    hits, layout, _ = rag.prepare(question, 1, "doc", 6)
+    assert hits[0].doc_id == "json" and tiny_grit.tokenizer.decode(layout.spans[0].ids).endswith(NEW_JSON)
+    cached = rag.answer(question, k=1, cache="doc", max_new_tokens=6)
+    uncached = RAG(tiny_grit, index, cache_source=source).answer(question, k=1, cache="doc", max_new_tokens=6)
+    assert cached.text == uncached.text and cached.cached_tokens == uncached.cached_tokens > 0
+    if source == "causal":  # exact: equal to generating over the same tokens from scratch
+        fresh = generation.generate_text(tiny_grit.lm, tiny_grit.tokenizer, torch.tensor([layout.ids]),
+                                         SamplingParams(6))  # fmt: skip
+        assert cached.text == fresh
+
+
+def test_deleting_a_document_evicts_its_caches(tiny_grit, tmp_path):
+    index = Index.build(DOCS, tiny_grit)
+    store = KVStore(tmp_path / "kv")
+    rag = RAG(tiny_grit, index, store)
+    rag.cache_index()
+    index.delete(["logging", "argparse"])
+    assert len(store.files()) == 1 and len(store.lru) == 1
+    report = rag.cache_index()
+    assert (report.reused, report.computed, report.evicted) == (1, 0, 0)
+
+
+def test_cache_index_evicts_what_no_chunk_needs(tiny_grit, tmp_path):
+    """Caches of another dtype (or model, or an older text) are recomputed, never used, and swept by cache_index."""
+    index = Index.build(DOCS, tiny_grit)
+    store = KVStore(tmp_path / "kv")
+    rag = RAG(tiny_grit, index, store)
+    rag.cache_index()
+    hit = index.all_chunks()[0]
+    span = rag.document_span(hit)
+    foreign = dataclasses.replace(rag.cache_key(hit.doc_id, span.ids), dtype="bfloat16")
+    store.put(foreign, span)
+    assert len(store.files()) == len(DOCS) + 1
+    report = RAG(tiny_grit, index, KVStore(tmp_path / "kv")).cache_index()
+    assert (report.reused, report.computed, report.evicted) == (len(DOCS), 0, 1)
+    assert len(store.files()) == len(DOCS) and foreign not in KVStore(tmp_path / "kv")
 
 
 def test_bad_requests(tiny_grit, index):
@@ -99,10 +159,39 @@ def test_cli_cache_then_ask(tiny_grit, index, tmp_path, capsys):
 
     folder = index.save(tmp_path / "idx")
     assert main(["rag", "cache", str(folder)]) == 0
-    assert "MB per 1,000 tokens" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{index.num_chunks} computed, 0 stale evicted" in out and "MB per 1,000 tokens" in out
     assert len(list((folder / "kv-causal").glob("*.safetensors"))) == index.num_chunks
+    assert main(["rag", "cache", str(folder)]) == 0
+    assert f"{index.num_chunks} cached already, 0 computed, 0 stale evicted" in capsys.readouterr().out
     code = main(["rag", "ask", str(folder), "What does json expose?", "--max-new-tokens", "3", "--show-hits"])
     out = capsys.readouterr().out
     assert code == 0 and "rank" in out and "score" in out
     with pytest.raises(SystemExit):  # argparse refuses an unknown mode with its usage message
         main(["rag", "ask", str(folder), "q", "--cache", "kv"])
+
+
+def test_index_add_and_delete_keep_the_caches_of_unchanged_documents(tiny_model_path, tiny_grit, tmp_path, capsys):
+    """`grit index add` rewrites the index folder; the cached chunks of documents it did not touch survive it, and
+    `grit index delete` / `add --replace` drop exactly the caches of the documents they change."""
+    from grit.cli import main
+
+    folder = Index.build(DOCS, tiny_grit).save(tmp_path / "idx")
+    assert main(["rag", "cache", str(folder)]) == 0
+    kv = folder / "kv-causal"
+    before = sorted(p.name for p in kv.glob("*.safetensors"))
+    assert len(before) == len(DOCS)
+    more = tmp_path / "more.jsonl"
+    more.write_text('{"id": "tides", "title": "Tides", "text": "The moon pulls the ocean twice a day."}\n')
+    assert main(["index", "add", str(folder), str(more)]) == 0
+    assert sorted(p.name for p in kv.glob("*.safetensors")) == before  # kept, and the new document not cached yet
+
+    assert main(["index", "delete", str(folder), "logging"]) == 0
+    assert len(list(kv.glob("*.safetensors"))) == len(DOCS) - 1
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text('{"id": "json", "title": "json", "text": "' + NEW_JSON + '"}\n')
+    assert main(["index", "add", str(folder), str(changed), "--replace"]) == 0
+    assert len(list(kv.glob("*.safetensors"))) == len(DOCS) - 2
+    capsys.readouterr()
+    assert main(["rag", "cache", str(folder)]) == 0
+    assert "3 chunks: 1 cached already, 2 computed, 0 stale evicted" in capsys.readouterr().out

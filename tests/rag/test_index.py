@@ -8,10 +8,11 @@ from conftest import SHARED_DATA
 from transformers import AutoTokenizer
 
 from grit import GritModel
+from grit.identity import ModelIdentity
 from grit.rag.chunking import ChunkConfig
 from grit.rag.documents import Document, DocumentError, load_documents
 from grit.rag.index import Index, IndexConfig, UnknownDocumentError
-from grit.rag.manifest import IndexFormatError, ModelMismatchError, model_id
+from grit.rag.manifest import IndexFormatError, ModelMismatchError
 from grit.rag.store import StoreConfig
 
 
@@ -175,7 +176,9 @@ def test_manifest_describes_the_index(tiny_grit, tmp_path):
     index = Index.build(CORPUS[:2], tiny_grit, IndexConfig(chunking=SMALL_CHUNKS, store=StoreConfig("int8", "hnsw")))
     m = json.loads((index.save(tmp_path / "idx") / "manifest.json").read_text())
     assert m["format"] == "grit-index" and m["grit_version"]
-    assert m["model"]["id"] == model_id(tiny_grit.path) and m["model"]["id"].startswith(tiny_grit.path.name)
+    assert m["model"]["id"] == ModelIdentity.of(tiny_grit.path).id == tiny_grit.identity.id
+    assert m["model"]["id"].startswith(tiny_grit.path.name)
+    assert m["placements"] == [{"device": "cpu", "dtype": "float32", "threads": tiny_grit.placement.threads}]
     assert m["model"]["settings"]["pooling"] == "mean" and m["dim"] == 64
     assert m["instructions"] == {"query": IndexConfig.query_instruction, "document": ""}
     assert m["store"]["quantize"] == "int8" and m["index_kind"] == "hnsw"
@@ -193,7 +196,7 @@ def test_tiny_grit_end_to_end(tiny_grit, tmp_path):
 
 def test_other_model_is_refused(bow, tiny_grit, tmp_path):
     path = build(bow).save(tmp_path / "bow")
-    with pytest.raises(ModelMismatchError, match="test-hashing-bow-1024.*" + re.escape(model_id(tiny_grit.path))):
+    with pytest.raises(ModelMismatchError, match="test-hashing-bow-1024.*" + re.escape(tiny_grit.identity.id)):
         Index.load(path, tiny_grit)
     grit_index = Index.build(CORPUS[:1], tiny_grit).save(tmp_path / "grit")
     last_token = GritModel(tiny_grit.lm, tiny_grit.tokenizer, tiny_grit.path, pooling="last")

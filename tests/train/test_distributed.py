@@ -61,7 +61,7 @@ def worker(rank: int, port: int, model_path: Path, data: tuple[Path, Path], out:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(WORLD))  # fmt: skip
     torch.set_num_threads(1)  # two processes on two cores
-    d = distributed.setup()
+    d = distributed.setup(torch.device("cpu"))
     try:
         results = one_step(model_path, d)
         if d.main:

@@ -34,7 +34,7 @@ def test_each_mode_lowers_its_loss(tiny_model_path, train_data, tmp_path, mode):
     final = train(tiny_config(tiny_model_path, train_data, tmp_path, mode=mode))
     log = read_log(tmp_path)
     assert [r["step"] for r in log] == list(range(1, 31))
-    assert set(log[0]) == {
+    step_keys = {
         "step",
         "loss",
         "loss_emb",
@@ -47,6 +47,14 @@ def test_each_mode_lowers_its_loss(tiny_model_path, train_data, tmp_path, mode):
         "truncated",
         "seconds",
     }
+    assert set(log[0]) == step_keys | {"placement", "model"} and all(set(r) == step_keys for r in log[1:])
+    # What ran is recorded resolved, on the machine-independent placement the tests pin (cpu, float32, 1 thread).
+    assert {k: log[0]["placement"][k] for k in ("device", "dtype", "threads")} == {
+        "device": "cpu", "dtype": "float32", "threads": 1}  # fmt: skip
+    assert log[0]["model"] == GritModel.load(tiny_model_path).identity.id
+    recorded = json.loads((tmp_path / "train_config.json").read_text())
+    assert (recorded["device"], recorded["dtype"], recorded["threads"]) == ("cpu", "float32", 1)
+    assert TrainConfig.from_file(tmp_path / "train_config.json").dtype == "float32"  # still a config that loads
     assert all((r["grad_norm_emb"] is None) == (mode != "unified") for r in log)
     assert log[0]["lr"] == 0 and log[1]["lr"] == pytest.approx(3e-3)  # one warm-up step, then linear decay
     kinds = {"embedding": ["loss_emb"], "generative": ["loss_gen"], "unified": ["loss_emb", "loss_gen"]}[mode]

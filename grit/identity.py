@@ -1,0 +1,128 @@
+"""Which model this is: one ``ModelIdentity``, computed once when a model is loaded, from its files.
+
+Everything that must not mix the outputs of two models keys on it: an index refuses vectors of another model
+(rag/manifest.py), cached corpus embeddings and ``grit eval --resume`` reuse only the same model's results
+(eval/cache.py, eval/run.py), the KV store only serves caches this model computed (rag/answer.py), a training run
+resumes only on the base it started from, and the server names its model with it.
+
+The digest covers what makes a model compute what it computes: its config, tokenizer and weight files (and, for a
+LoRA adapter merged at load, the adapter's files plus the base model's digest). It is computed from the files, not
+from the weights in memory, so it is cheap (``file_digest``: whole files up to 32 MiB; larger ones by size plus
+samples spread over the file, ~6 MiB read for any size) and it survives a copy or move of the folder: the path is
+recorded but not part of the identity. A full fine-tune rewrites every tensor and so every sample; an edit of a few
+bytes in the middle of a large weight file could escape the samples, which is why what trains writes a new file
+rather than patching one in place. A model changed in memory after loading keeps the identity of its files.
+
+A folder ``grit train`` wrote also records how it was trained (``train_config.json``); ``TrainedSettings`` is the one
+reader of that file for the core modules (which base an adapter belongs to, the pooling and attention to embed with).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+WHOLE_FILE_BYTES = 32 << 20  # files up to this size are hashed whole (adapters, configs, tokenizers)
+SAMPLES, SAMPLE_BYTES, END_BYTES = 64, 64 << 10, 1 << 20
+TRAIN_CONFIG = "train_config.json"  # written by grit train into final/ and adapter/
+IDENTITY_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "*.safetensors",
+    "pytorch_model*.bin",
+    "adapter_config.json",
+    "adapter_model.bin",
+)
+
+
+def file_digest(path: Path) -> str:
+    """A content key for one file: sha256 of the whole file up to 32 MiB; above, of its size, first and last MiB
+    and 64 blocks of 64 KiB spread evenly between them (hashing a multi-GB file at every start would be slow)."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        if size <= WHOLE_FILE_BYTES:
+            h.update(f.read())
+        else:
+            h.update(f.read(END_BYTES))
+            span = size - 2 * END_BYTES - SAMPLE_BYTES
+            for i in range(SAMPLES):
+                f.seek(END_BYTES + span * i // (SAMPLES - 1))
+                h.update(f.read(SAMPLE_BYTES))
+            f.seek(size - END_BYTES)
+            h.update(f.read(END_BYTES))
+    return h.hexdigest()[:16]
+
+
+def model_files(folder: Path) -> list[Path]:
+    return sorted({p for pattern in IDENTITY_FILES for p in folder.glob(pattern) if p.is_file()})
+
+
+@dataclass(frozen=True)
+class TrainedSettings:
+    """What ``grit train`` recorded in a folder it wrote (its ``train_config.json``)."""
+
+    base: str | None  # the model training started from, as the config named it (None: the default model)
+    pooling: str
+    attention: Literal["bidirectional", "causal"]
+
+    @classmethod
+    def read(cls, folder: Path) -> TrainedSettings | None:
+        """The settings of a ``grit train`` folder; None for any other folder. An unreadable file is an error: a
+        model trained to embed one way must not silently embed another."""
+        path = Path(folder) / TRAIN_CONFIG
+        if not path.is_file():
+            return None
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{str(path)!r} does not hold a training config (a JSON object)")
+        attention = values.get("attention", "bidirectional")
+        if attention not in ("bidirectional", "causal"):
+            raise ValueError(f"{str(path)!r}: attention must be 'bidirectional' or 'causal', got {attention!r}")
+        return cls(values.get("model"), values.get("pooling", "mean"), attention)
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """A model's name and content digest; ``id`` ("{name}-{digest}") is what caches, indexes and servers key on."""
+
+    name: str  # the folder's name, for people
+    digest: str  # over the model's files (and its base's digest, for an adapter)
+    path: str  # where it was loaded from; not part of the identity
+    base: str | None = None  # the base model's id, for a LoRA adapter merged in at load
+    trained: TrainedSettings | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}-{self.digest}"
+
+    @classmethod
+    def of(cls, folder: str | Path, base: ModelIdentity | None = None) -> ModelIdentity:
+        """The identity of a model folder (an adapter folder with the identity of the base it is merged into)."""
+        folder = Path(folder)
+        files = model_files(folder)
+        if not files:
+            raise FileNotFoundError(f"{folder} holds no config, tokenizer or weight files to identify a model by")
+        h = hashlib.sha256()
+        for p in files:
+            h.update(f"{p.name}:{file_digest(p)}\n".encode())
+        if base is not None:
+            h.update(f"base:{base.digest}\n".encode())
+        trained = TrainedSettings.read(folder)
+        return cls(folder.name, h.hexdigest()[:16], str(folder.resolve()), base.id if base else None, trained)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "digest": self.digest, "path": self.path, "base": self.base}
