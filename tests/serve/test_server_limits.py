@@ -3,15 +3,19 @@ with the right status, queued embeddings share a batch, and a disconnect stops g
 
 from __future__ import annotations
 
+import asyncio
 import gc
-import os
+import inspect
 import threading
-import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
 from openai import OpenAI
+from transformers import TextIteratorStreamer
 
+from grit import generation
 from grit.serve.app import create_app
 from grit.serve.config import ServeConfig
 
@@ -283,72 +287,204 @@ def test_different_instructions_queued_together_run_as_one_batch_each(live, clie
         assert row_cosines([got], [tiny_grit.encode(text, instruction)]).min() >= 0.9999
 
 
-# --- a client that leaves --------------------------------------------------------------------------------------
+# --- a client that leaves, and chats that fill the threads -------------------------------------------------------
+#
+# These tests decide who goes on when: generation waits inside ``gate.between_tokens`` (patched) until what the test
+# checks has happened, and the assertions read the order of events and counts of tokens, never a clock.
 
 LONG = [{"role": "user", "content": "Write a long story about the logging module."}]
+DEFAULT_THREADS = 2  # the threads of the event loop's default executor (``asyncio.to_thread``) in ``observed``
 
 
-def test_client_disconnect_stops_a_streamed_generation(live, client, http, monkeypatch):
-    server = live.server
+class Observed:
+    """``app`` as uvicorn runs it, seen from outside: on an event loop whose default executor is ``default_executor``
+    (set at startup), and noting when a client is gone (the app received ``http.disconnect``)."""
+
+    def __init__(self, app, default_executor: ThreadPoolExecutor) -> None:
+        self.app, self.state = app, app.state  # ``state``: what ``Live.server`` reads
+        self.default_executor = default_executor
+        self.disconnected = threading.Event()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            asyncio.get_running_loop().set_default_executor(self.default_executor)
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def watched_receive():
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected.set()
+            return message
+
+        await self.app(scope, watched_receive, send)
+
+
+@pytest.fixture(scope="module")
+def observed(tiny_grit):
+    executor = ThreadPoolExecutor(DEFAULT_THREADS, thread_name_prefix="test-default")
+    with serve(Observed(create_app(tiny_grit, ServeConfig(model_name=MODEL)), executor)) as running:
+        yield running
+
+
+@pytest.fixture
+def observed_client(observed):
+    with OpenAI(base_url=f"{observed.url}/v1", api_key="unused", max_retries=0, timeout=60) as c:
+        yield c
+
+
+class CountingStreamer(TextIteratorStreamer):
+    """The streamer of ``stream_text``, counting what generation puts in its queue and what the stream asks for."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.queued = 0  # items generation put in the queue (one per token, and the end)
+        self.asked = 0  # items the stream asked for: more than ``queued`` while it waits for the next one
+        self.new_text = False  # text put since generation last offered the model (cleared by the test's hook)
+        self.ended = threading.Event()  # generation is over
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        self.queued += 1 + stream_end
+        self.new_text = self.new_text or bool(text)
+        super().on_finalized_text(text, stream_end)
+        if stream_end:
+            self.ended.set()
+
+    def __next__(self) -> str:
+        self.asked += 1
+        return super().__next__()
+
+
+def hold_until(condition: Callable[[], bool], what: str, timeouts: list[str]) -> None:
+    """In a generation thread: wait for ``condition``. A timeout is recorded for the test to fail on (and the
+    generation goes on, so a broken server fails the test instead of hanging it)."""
+    try:
+        wait_until(condition, 30, what)
+    except AssertionError as e:
+        timeouts.append(str(e))
+
+
+def test_client_disconnect_stops_a_streamed_generation(observed, observed_client, monkeypatch):
+    """Generation waits at the token after its first text until the server has seen the client go; from then on it
+    makes each token only once the stream has asked for more, so the count of tokens after the disconnect is what
+    the server asked for, not how far generation got while the server was busy."""
+    server, client, app = observed.server, observed_client, observed.app
     original = server.gate.between_tokens
-    calls, delay = [0], [0.0]
+    calls = [0]  # generation's tokens (its calls to between_tokens)
+    streamers: list[CountingStreamer] = []
+    cancels: list[threading.Event] = []
+    marks: dict[str, int] = {}  # the token after the first text, and after the first text sent after the disconnect
+    timeouts: list[str] = []
 
-    def slow_between_tokens() -> None:
+    def watched_between_tokens() -> None:
         calls[0] += 1
-        time.sleep(delay[0])
+        if streamers:
+            streamer, cancel = streamers[-1], cancels[-1]
+            if streamer.new_text:  # the last token's text is in the queue, on its way to the client
+                streamer.new_text = False
+                if "first" not in marks:
+                    marks["first"] = calls[0]
+                    hold_until(app.disconnected.is_set, "the server to see the client go", timeouts)
+                else:
+                    marks.setdefault("after disconnect", calls[0])
+            if app.disconnected.is_set():  # one token at a time: until cancelled, only when the stream asks for more
+                hold_until(lambda: cancel.is_set() or streamer.asked > streamer.queued,
+                           "the stream to be cancelled or to ask for more", timeouts)  # fmt: skip
         original()
 
-    monkeypatch.setattr(server.gate, "between_tokens", slow_between_tokens)
+    def streamer(*args, **kwargs) -> CountingStreamer:
+        streamers.append(CountingStreamer(*args, **kwargs))
+        return streamers[-1]
+
+    real_stream_text = generation.stream_text
+
+    def stream_text(*args, **kwargs):
+        cancels.append(inspect.signature(real_stream_text).bind(*args, **kwargs).arguments["cancel"])
+        return real_stream_text(*args, **kwargs)
+
+    monkeypatch.setattr(server.gate, "between_tokens", watched_between_tokens)
+    monkeypatch.setattr(generation, "TextIteratorStreamer", streamer)
+    monkeypatch.setattr(generation, "stream_text", stream_text)
     whole = client.chat.completions.create(model=MODEL, messages=LONG, temperature=0, max_tokens=64)
     assert whole.usage.completion_tokens == 64 and calls[0] >= 63  # uninterrupted, this prompt runs 64 tokens
 
-    calls[0], delay[0] = 0, 0.02  # now slowly: 64 tokens would take well over a second
+    calls[0] = 0
+    app.disconnected.clear()
     body = {"model": MODEL, "messages": LONG, "temperature": 0, "max_tokens": 64, "stream": True}
     gc.disable()  # the place must be given back by the stream's own cleanup, not by a collected response
     try:
-        with http.stream("POST", "/v1/chat/completions", json=body) as response:
-            assert response.status_code == 200
-            for event in sse_data(response.iter_lines()):
-                if event != "[DONE]" and event["choices"] and event["choices"][0]["delta"].get("content"):
-                    break
-            else:
-                raise AssertionError("the stream ended before any content")
-            at_first_content = calls[0]
-        wait_until(lambda: server.admission.inside == 0, 5, "the abandoned stream to leave the server")
+        with httpx.Client(base_url=observed.url, timeout=60) as http:
+            with http.stream("POST", "/v1/chat/completions", json=body) as response:
+                assert response.status_code == 200
+                for event in sse_data(response.iter_lines()):
+                    if event != "[DONE]" and event["choices"] and event["choices"][0]["delta"].get("content"):
+                        break
+                else:
+                    raise AssertionError("the stream ended before any content")
+        wait_until(lambda: streamers[-1].ended.is_set() and server.admission.inside == 0, 30,
+                   "the abandoned stream's generation to end and leave the server")  # fmt: skip
     finally:
         gc.enable()
-    time.sleep(0.3)  # the generation thread would go on counting if it had not stopped
-    assert calls[0] < 32, f"{calls[0]} tokens generated after a disconnect at token {at_first_content}"
+    assert not timeouts, timeouts
+    # The first text sent after the disconnect showed the server that the client was gone: generation ends at that
+    # token or the next (the one under way when it was cancelled), far short of the 64 it would run.
+    assert set(marks) == {"first", "after disconnect"}, marks
+    assert calls[0] <= marks["after disconnect"] + 1 < 64, f"{calls[0]} tokens; {marks}"
     assert len(client.embeddings.create(model=MODEL, input="after the disconnect").data) == 1
 
 
-def test_an_embedding_is_not_stuck_behind_more_chats_than_worker_threads(live, client, monkeypatch):
-    """Non-streamed chats each keep a thread busy for their whole generation; with more of them than asyncio's
-    default executor has threads, an embedding request must still go first (after about one token), not wait
-    for a chat to end."""
-    server = live.server
-    original = server.gate.between_tokens
+def test_an_embedding_is_not_stuck_behind_more_chats_than_worker_threads(observed, observed_client, monkeypatch):
+    """Non-streamed chats each keep a thread busy for their whole generation; with more of them than the event loop's
+    default executor has threads (there an embedding request counts its tokens), an embedding request must still go
+    first, after about one token of each chat, not wait for a chat to end.
 
-    def slow_between_tokens() -> None:
-        time.sleep(0.01)
+    Until the embedding is answered, a chat makes its next token only while every other user of the model (the other
+    chats, and the embedding batch once it is queued) waits in line behind it: no chat can end first by being fast."""
+    server, client = observed.server, observed_client
+    chats = DEFAULT_THREADS + 1
+    assert server.config.max_pending > chats  # all are admitted, the embedding too, and each chat has a worker
+    original = server.gate.between_tokens
+    events: list[str] = []  # in order: "token", "embedding queued", "embedding computed", "... answered"
+    answered, held = threading.Event(), threading.Event()
+    timeouts: list[str] = []
+
+    def between_tokens() -> None:
+        events.append("token")
+        if not answered.is_set() and server.gate.waiting < chats:
+            held.set()
+            hold_until(lambda: answered.is_set() or server.gate.waiting >= chats, "all in line", timeouts)
         original()
 
-    monkeypatch.setattr(server.gate, "between_tokens", slow_between_tokens)
-    chats = min(32, (os.cpu_count() or 1) + 4) + 1  # asyncio's default executor size, plus one
-    finished: list[float] = []
+    real_submit = server.batcher.submit
+
+    def submit(*args, **kwargs):
+        events.append("embedding queued")
+        future = real_submit(*args, **kwargs)
+        future.add_done_callback(lambda _: events.append("embedding computed"))
+        return future
+
+    monkeypatch.setattr(server.gate, "between_tokens", between_tokens)
+    monkeypatch.setattr(server.batcher, "submit", submit)
 
     def chat() -> None:
         client.chat.completions.create(model=MODEL, messages=LONG, temperature=0, max_tokens=10)
-        finished.append(time.monotonic())
+        events.append("chat answered")
 
     threads = [threading.Thread(target=chat) for _ in range(chats)]
     for t in threads:
         t.start()
-    wait_until(lambda: server.gate.waiting >= chats - 2, 20, "the chats to be generating")
-    time.sleep(0.1)
-    client.embeddings.create(model=MODEL, input="me first")
-    embedded = time.monotonic()
-    for t in threads:
-        t.join(60)
-    assert len(finished) == chats
-    assert embedded < min(finished), f"the embedding ended {embedded - min(finished):.2f}s after the first chat"
+    try:
+        # One chat holds the model, the others wait for it: every chat has a thread, and they are all in use.
+        wait_until(lambda: held.is_set() and server.gate.waiting == chats - 1, 20, "every chat to be generating")
+        client.with_options(timeout=30).embeddings.create(model=MODEL, input="me first")
+        events.append("embedding answered")
+    finally:
+        answered.set()
+        for t in threads:
+            t.join(60)
+    assert not timeouts, timeouts
+    assert events.count("chat answered") == chats
+    assert events.index("embedding answered") < events.index("chat answered"), events
+    queued, computed = events.index("embedding queued"), events.index("embedding computed")
+    waited = events[queued:computed].count("token")
+    assert waited <= chats, f"the embedding waited for {waited} tokens of {chats} chats"
