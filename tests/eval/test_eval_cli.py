@@ -32,8 +32,11 @@ def test_eval_command_runs_and_writes(tiny_model_path, eval_data, tmp_path, caps
             "--out", str(out), "--device", "cpu", "--dtype", "float32"]  # fmt: skip
     args = parser().parse_args(argv)
     assert args.handler(args) == 0
-    rows = json.loads((out / "results.json").read_text())["rows"]
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
     assert [(r["task"], r["metric"], r["n"]) for r in rows] == [("stsb", "spearman", 3), ("stsb", "pearson", 3)]
+    ran = results["placements"][tiny_model_path.name]  # what ran, resolved: never "auto"
+    assert (ran["device"], ran["dtype"]) == ("cpu", "float32") and ran["threads"] >= 1
     assert "| stsb | spearman |" in capsys.readouterr().out
 
 

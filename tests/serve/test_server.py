@@ -4,6 +4,7 @@ and the tiny random Llama. Served results must equal what ``GritModel`` computes
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -238,9 +239,14 @@ def test_seeded_sampling_repeats(client):
 # --- models, health, logging -----------------------------------------------------------------------------------
 
 
-def test_models_lists_the_served_model(client):
+def test_models_lists_the_served_model(client, tiny_grit):
     assert [m.id for m in client.models.list().data] == [MODEL]
-    assert client.models.retrieve(MODEL).id == MODEL
+    card = client.models.retrieve(MODEL)
+    assert card.id == MODEL
+    grit = card.model_extra["grit"]  # which model exactly, and where it runs, resolved
+    assert grit["model"] == tiny_grit.identity.id and grit["embedding_dim"] == tiny_grit.dim
+    assert (grit["placement"]["device"], grit["placement"]["dtype"]) == ("cpu", "float32")
+    assert str(tiny_grit.path) not in json.dumps(card.model_dump())  # no file system path goes to clients
 
 
 def test_health_needs_no_api_key(live):
