@@ -68,3 +68,28 @@ def test_rag_answers_from_a_planted_document(default_model):
     result = rag.answer("What is the capital of Zorblat?", k=1, cache="doc", max_new_tokens=32)
     assert result.hits[0].doc_id == "zorblat" and result.cached_tokens > 0
     assert "Westport" in result.text
+
+
+def test_a_replaced_document_is_answered_from_its_new_text(default_model, tmp_path):
+    """Cache a document, replace its text with a fact the old one lacks: the doc-cached answer states the new
+    fact and equals the answer of a RAG that has no cache at all (the old states are never used, and their file is
+    gone). cache="none" lays the document out inside the question's turn, so it is compared by the fact it states."""
+    from grit.rag import RAG, Document, Index
+    from grit.rag.kvstore import KVStore
+
+    docs = [
+        Document("bread", "Sourdough bread rises because wild yeast ferments the dough overnight.", ""),
+        Document("lab", "The Zephyr lab trains small language models on public data.", ""),
+    ]
+    index = Index.build(docs, default_model)
+    store = KVStore(tmp_path / "kv")
+    rag = RAG(default_model, index, store)
+    assert rag.cache_index().computed == 2
+    index.add([Document("lab", "The Zephyr lab is in the city of Lisbon, in Portugal.", "")], replace=True)
+    assert len(store.files()) == 1  # the old text's cache went with it
+    question = "Which city is the Zephyr lab in?"
+    cached = rag.answer(question, k=1, cache="doc", max_new_tokens=24)
+    fresh = RAG(default_model, index).answer(question, k=1, cache="doc", max_new_tokens=24)
+    uncached = rag.answer(question, k=1, cache="none", max_new_tokens=24)
+    assert cached.hits[0].doc_id == "lab" and cached.cached_tokens > 0
+    assert cached.text == fresh.text and "Lisbon" in cached.text and "Lisbon" in uncached.text
