@@ -88,7 +88,7 @@ def available_devices() -> list[str]:
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """A concrete device; an unknown or absent one is a ``ValueError`` naming it and what this machine has."""
     if isinstance(device, torch.device):
-        requested = device
+        requested, source = device, f"device {str(device)!r}"
     else:
         text = os.environ.get(DEVICE_ENV, "auto") if device in (None, "auto") else device
         source = f"{DEVICE_ENV}={text!r}" if device in (None, "auto") else f"device {text!r}"
@@ -100,8 +100,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         except (RuntimeError, ValueError):
             here = ", ".join(available_devices())
             raise ValueError(f"{source} is not a device; expected auto, cpu, cuda or cuda:N (here: {here})") from None
-        if requested.type not in ("cpu", "cuda"):
-            raise ValueError(f"{source}: grit runs on cpu or cuda; available here: {', '.join(available_devices())}")
+    if requested.type not in ("cpu", "cuda"):
+        raise ValueError(f"{source}: grit runs on cpu or cuda; available here: {', '.join(available_devices())}")
     if requested.type == "cuda":
         count = torch.cuda.device_count()
         if count == 0:

@@ -70,6 +70,8 @@ def test_a_bad_environment_value_is_named(monkeypatch, env, value, message):
 
 
 def test_bad_explicit_values_are_named():
+    with pytest.raises(ValueError, match=r"device 'meta': grit runs on cpu or cuda"):
+        hardware.resolve_device(torch.device("meta"))
     with pytest.raises(ValueError, match=r"unknown dtype 'fp8': expected auto or one of float32, bfloat16"):
         hardware.resolve_dtype("fp8", CPU)
     with pytest.raises(ValueError, match=r"dtype torch.int8 is not one grit runs in"):
