@@ -37,9 +37,11 @@ def check_texts(texts: str | Sequence[str]) -> tuple[list[str], bool]:
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise TypeError(f"texts[{i}] must be a string, got {type(t).__name__}")
-        if not t:
-            # Pooling over zero text tokens has no meaning; an error beats a vector of the instruction alone.
-            raise ValueError(f"texts[{i}] is an empty string; there is nothing to embed")
+        if not t.strip():
+            # Pooling over zero text tokens has no meaning (and over whitespace alone, none a caller wants): an error
+            # beats a vector of the instruction or of spaces.
+            what = "an empty string" if not t else "whitespace only"
+            raise ValueError(f"texts[{i}] is {what}; there is nothing to embed")
     return texts, single
 
 

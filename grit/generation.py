@@ -10,6 +10,7 @@ requests share it (a server), held for the whole generation and offered to waiti
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -23,6 +24,9 @@ from grit.formats import Message, PromptFormat
 from grit.transformers_compat import cache_argument
 
 log = logging.getLogger(__name__)
+
+
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # the range torch.manual_seed accepts
 
 
 @dataclass
@@ -41,6 +45,20 @@ class SamplingParams:
         if not all(isinstance(s, str) for s in stops):
             raise TypeError(f"stop must be a string or a list of strings, got {self.stop!r:.80}")
         self.stop = [s for s in stops if s]
+        for name in ("max_new_tokens", "min_new_tokens"):  # bool is an int to Python, not a token count to a user
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be a whole number, got {value!r:.40}")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+            raise TypeError(f"seed must be a whole number or None, got {self.seed!r:.40}")
+        if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
+            raise ValueError(f"seed must be in [{SEED_MIN}, {SEED_MAX}] (torch.manual_seed's range), got {self.seed}")
+        for name in ("temperature", "top_p"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise TypeError(f"{name} must be a number, got {value!r:.40}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:

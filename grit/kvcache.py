@@ -81,6 +81,18 @@ def compute_cache(base_model: torch.nn.Module, ids: Sequence[int], attention: Ca
     return split_caches(tensor, torch.ones_like(tensor), layers, attention)[0]
 
 
+def span_fits(base_model: torch.nn.Module, span: SpanCache) -> bool:
+    """Whether a cached span has the shapes this model's caches have (every layer, its key/value heads and head
+    size, one position per token): a file from another model, or a damaged one with valid checksums, does not."""
+    config = base_model.config
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    shape = (heads, len(span.ids), head_dim)
+    return len(span.keys) == len(span.values) == config.num_hidden_layers and all(
+        tuple(t.shape) == shape for t in (*span.keys, *span.values)
+    )
+
+
 def rotary_of(base_model: torch.nn.Module) -> torch.nn.Module:
     rotary = getattr(base_model, "rotary_emb", None)
     if rotary is None:

@@ -67,6 +67,8 @@ def test_bad_input_is_a_clear_error(tiny_grit):
         tiny_grit.encode(["ok", 3])
     with pytest.raises(ValueError, match=r"texts\[0\] is an empty string"):
         tiny_grit.encode([""])
+    with pytest.raises(ValueError, match=r"texts\[1\] is whitespace only; there is nothing to embed"):
+        tiny_grit.encode(["ok", " \n\t "])
     with pytest.raises(TypeError, match="texts must be a string"):
         tiny_grit.encode(42)
     with pytest.raises(ValueError, match="batch_size"):

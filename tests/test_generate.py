@@ -72,6 +72,23 @@ def test_bad_generation_settings(tiny_grit):
         tiny_grit.generate(PROMPT, stop=[1])
 
 
+@pytest.mark.parametrize(
+    ("settings", "error", "message"),
+    [
+        ({"max_new_tokens": 2.5}, TypeError, "max_new_tokens must be a whole number, got 2.5"),
+        ({"max_new_tokens": True}, TypeError, "max_new_tokens must be a whole number, got True"),
+        ({"temperature": float("nan")}, ValueError, "temperature must be a finite number, got nan"),
+        ({"top_p": float("inf")}, ValueError, "top_p must be a finite number, got inf"),
+        ({"temperature": "0.5"}, TypeError, "temperature must be a number"),
+        ({"seed": 2**64}, ValueError, r"seed must be in \[-9223372036854775808, 18446744073709551615\]"),
+        ({"seed": 1.5}, TypeError, "seed must be a whole number or None"),
+    ],
+)
+def test_sampling_values_of_the_wrong_type_or_not_finite_are_refused(tiny_grit, settings, error, message):
+    with pytest.raises(error, match=message):
+        tiny_grit.generate(PROMPT, **settings)
+
+
 PROMPTS = [PROMPT, "Hi", "Write a long and careful story about three cats, a dog and the sea.", "2+2?", "Why?"]
 
 

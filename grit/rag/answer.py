@@ -45,7 +45,7 @@ import torch
 from grit import generation
 from grit.generation import Gate, Generation, SamplingParams
 from grit.hardware import dtype_name
-from grit.kvcache import CacheAttention, SpanCache, compute_cache, join_caches
+from grit.kvcache import CacheAttention, SpanCache, compute_cache, join_caches, span_fits
 from grit.model import GritModel
 from grit.rag.kvstore import CacheKey, KVStore, store_folder
 
@@ -170,6 +170,11 @@ class RAG:
         key = self.cache_key(hit.doc_id, ids)
         with self._lock:
             span = self.kv_store.get(key) if self.kv_store is not None else self._memory.get(key)
+            if span is not None and not span_fits(self.model.lm.base_model, span):
+                log.warning("the cached KV states of %r do not fit this model's shapes; recomputing", hit.doc_id)
+                if self.kv_store is not None:
+                    self.kv_store.delete(key)
+                span = None
         if span is not None:
             return span, key, True
         span = self._compute_span(text, instruction, ids)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import random
 import re
 import shutil
@@ -52,15 +53,31 @@ def latest(output_dir: str | Path) -> Path | None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's RNG states as tensors, ints, floats and strings only, so that ``torch.load(weights_only=True)``
+    reads them back: a checkpoint never needs pickle, and a crafted one cannot run code."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },  # fmt: skip
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["internal"].tolist()), py["gauss"]))
+    keys = npy["keys"].numpy().astype(np.uint32)
+    np.random.set_state((npy["kind"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -108,10 +125,21 @@ def load(folder: Path, optimizer: torch.optim.Optimizer, scheduler: Any, d: Dist
     state = json.loads((folder / STATE_FILE).read_text())
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=d.device, weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    # Written by this trainer; weights_only=False because numpy's RNG state is a tuple holding an array.
-    rng = torch.load(folder / "rng.pt", weights_only=False)
-    if len(rng) == d.world:
+    rng = read_rng(folder / "rng.pt")
+    if rng is None:  # data order is still exact (sampler state); only dropout masks differ from an uninterrupted run
+        log.warning("%s: its RNG states cannot be read without running pickled code; RNG not restored", folder)
+    elif len(rng) == d.world:
         set_rng_state(rng[d.rank])
-    else:  # data order is still exact (sampler state); only dropout masks differ from an uninterrupted run
+    else:
         log.warning("%s was saved by %d processes, this run has %d: RNG not restored", folder, len(rng), d.world)
     return state
+
+
+def read_rng(path: Path) -> list[dict[str, Any]] | None:
+    """Every process's RNG states, read with ``weights_only=True`` (tensors and plain values, never code). None for
+    a file that needs more (a crafted one, or one from a grit that pickled numpy's state): it is not run."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as e:
+        log.warning("refusing to unpickle %s: %s", path, str(e).strip().splitlines()[0])
+        return None

@@ -5,13 +5,15 @@ import logging
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from grit import generation
 from grit.generation import SamplingParams
 from grit.rag.answer import CACHE_MODES, RAG
 from grit.rag.documents import Document
 from grit.rag.index import Index
-from grit.rag.kvstore import KVStore
+from grit.rag.kvstore import KVStore, crc
 
 DOCS = [
     Document("json", "The json module exposes an API familiar to users of marshal and pickle.", "json"),
@@ -195,3 +197,21 @@ def test_index_add_and_delete_keep_the_caches_of_unchanged_documents(tiny_model_
     capsys.readouterr()
     assert main(["rag", "cache", str(folder)]) == 0
     assert "3 chunks: 1 cached already, 2 computed, 0 stale evicted" in capsys.readouterr().out
+
+
+def test_a_cache_file_with_the_wrong_shapes_is_recomputed(tiny_grit, tmp_path, caplog):
+    """Valid checksums, the right key, but states of another shape (another model's, or a damaged writer's): the
+    file is treated as missing and recomputed, never joined into a prompt."""
+    index = Index.build(DOCS, tiny_grit)
+    rag = RAG(tiny_grit, index, KVStore(tmp_path))
+    first = rag.answer("What does json expose?", k=1, cache="doc", max_new_tokens=5)
+    (path,) = tmp_path.glob("*.safetensors")  # k=1: the retrieved chunk's cache only
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+    tensors = {name: t[:, :, :-1].contiguous() if name != "ids" else t for name, t in load_file(path).items()}
+    meta.update({f"crc.{name}": crc(t) for name, t in tensors.items()})
+    save_file(tensors, path, metadata=meta)
+    with caplog.at_level(logging.WARNING):
+        again = RAG(tiny_grit, index, KVStore(tmp_path)).answer("What does json expose?", k=1, cache="doc",
+                                                               max_new_tokens=5)  # fmt: skip
+    assert "do not fit this model's shapes" in caplog.text and again.text == first.text

@@ -50,3 +50,28 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tiny_model_path, train
     # keep_checkpoints=2: the oldest went; no temporary folder was left behind
     assert [p.name for p in checkpoints(out)] == ["checkpoint-6", "checkpoint-7"]
     assert not list(out.glob(".tmp-*"))
+
+
+class RunsAShellCommand:
+    """What an attacker would put in a checkpoint: unpickling it runs ``touch <marker>``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_pickle_in_a_checkpoint_is_refused_not_run(tiny_model_path, train_data, tmp_path, caplog):
+    out = tmp_path / "run"
+    with pytest.raises(Killed):
+        trainer.train(tiny_config(tiny_model_path, train_data, out, max_steps=4, save_every=2), on_step=kill_at(3))
+    marker = tmp_path / "pwned"
+    torch.save([RunsAShellCommand(marker)], out / "checkpoint-2" / "rng.pt")
+    with caplog.at_level("WARNING"):
+        trainer.train(tiny_config(tiny_model_path, train_data, out, max_steps=4, save_every=2))
+    assert not marker.exists(), "unpickling the checkpoint ran a shell command"
+    assert "refusing to unpickle" in caplog.text and "RNG not restored" in caplog.text
+    assert [r["step"] for r in read_log(out)] == [1, 2, 3, 4]  # the run resumed and finished all the same
