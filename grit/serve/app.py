@@ -34,6 +34,7 @@ from starlette.concurrency import iterate_in_threadpool
 from grit import generation
 from grit.generation import Generation, SamplingParams
 from grit.model import GritModel
+from grit.serve.bodies import StrictJSONRoute
 from grit.serve.config import ServeConfig
 from grit.serve.errors import APIError, bad_request, install_error_handlers
 from grit.serve.middleware import BodyLimit, RequestLog
@@ -86,17 +87,25 @@ def create_app(model: GritModel, config: ServeConfig | None = None, rag=None) ->
         server.batcher.close()
         server.workers.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="grit", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # No redirect from "/v1/embeddings/" to "/v1/embeddings" (a 307 a client would follow with its body); the schema
+    # is served below, behind the key like every /v1 route; every POST body is strict JSON (grit.serve.bodies).
+    app = FastAPI(title="grit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
+                  redirect_slashes=False)  # fmt: skip
+    app.router.route_class = StrictJSONRoute
     app.state.server = server
     install_error_handlers(app, config.retry_after_s)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
-    if config.log_requests:
-        app.add_middleware(RequestLog)
+    app.add_middleware(RequestLog, write=config.log_requests)
     authorized = [Depends(api_key_check(config.api_key))]
 
     @app.get("/health")
+    @app.head("/health", include_in_schema=False)
     async def health() -> dict:
         return {"status": "ok", "model": server.name, "requests_in_progress": server.admission.inside}
+
+    @app.get("/openapi.json", dependencies=authorized, include_in_schema=False)
+    async def openapi() -> dict:
+        return app.openapi()
 
     @app.get("/v1/models", dependencies=authorized)
     async def models() -> dict:

@@ -44,14 +44,18 @@ def _validation_message(e: RequestValidationError) -> tuple[str, str | None]:
     errors = e.errors()
     # A union reports one error per member; the one our own validator raised says what is wrong, a mismatch with
     # another member ("Input should be a valid string") does not.
-    first = next((x for x in errors if x.get("type") == "value_error"), errors[0] if errors else {})
+    # An unknown field comes next: the schema forbids fields grit would otherwise ignore (grit.serve.schemas).
+    first = next((x for kind in ("value_error", "extra_forbidden") for x in errors if x.get("type") == kind),
+                 errors[0] if errors else {})  # fmt: skip
     loc = [str(x) for x in first.get("loc", ()) if x != "body"]
     param = ".".join(loc) or None
-    text = first.get("msg", "invalid request")
+    text = first.get("msg", "invalid request").removeprefix("Value error, ")
     if first.get("type") == "json_invalid":
         return "the request body is not valid JSON", None
     if first.get("type") == "missing":
         return f"'{param}' is required", param
+    if first.get("type") == "extra_forbidden":
+        return f"unknown field '{param}': grit does not support it", param
     return (f"{param}: {text}" if param else text), param
 
 
@@ -79,5 +83,7 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, e: Exception) -> JSONResponse:
-        log.exception("%s %s failed", request.method, request.url.path)
-        return error_response(APIError(500, f"internal error: {type(e).__name__}", type="server_error"))
+        request_id = getattr(request.state, "request_id", "-")
+        log.exception("%s %s failed (request id %s)", request.method, request.url.path, request_id)
+        message = f"internal error: {type(e).__name__} (request id {request_id}; the server log has the traceback)"
+        return error_response(APIError(500, message, type="server_error"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 
 log = logging.getLogger("grit.serve")
 
@@ -69,27 +70,33 @@ def replay(body: bytes, receive):
 
 
 class RequestLog:
-    """Logs ``METHOD path status seconds`` and what the route noted (tokens, inputs) when the response has been
-    sent completely, so a streamed answer is logged with its whole duration."""
+    """Gives every request an id (the ``x-request-id`` response header; a server error's log line names it too)
+    and logs ``METHOD path status seconds id=...`` and what the route noted (tokens, inputs) when the response has
+    been sent completely, so a streamed answer is logged with its whole duration."""
 
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, app, write: bool = True):
+        self.app, self.write = app, write  # write=False: ids only, no log lines
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         status = {"code": 0}
+        request_id = uuid.uuid4().hex[:16]
+        scope.setdefault("state", {})["request_id"] = request_id
 
         async def logged_send(message):
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
             await send(message)
 
         try:
             await self.app(scope, receive, logged_send)
         finally:
-            noted = scope.get("state", {}).get("log", {})
-            fields = " ".join(f"{k}={v}" for k, v in noted.items())
-            seconds = time.perf_counter() - start
-            log.info("%s %s %s %.3fs %s", scope["method"], scope["path"], status["code"] or "-", seconds, fields)
+            if self.write:  # a return here would swallow the exception
+                noted = scope.get("state", {}).get("log", {})
+                fields = " ".join(f"{k}={v}" for k, v in noted.items())
+                seconds = time.perf_counter() - start
+                log.info("%s %s %s %.3fs id=%s %s", scope["method"], scope["path"], status["code"] or "-", seconds,
+                         request_id, fields)  # fmt: skip

@@ -1,0 +1,91 @@
+"""What a request body must be before its schema is read: strict JSON in UTF-8, with valid Unicode strings.
+
+Python's ``json`` module is lenient where a server must not be: it takes ``NaN`` and ``Infinity`` (not JSON; a NaN
+temperature would reach the sampler), decodes a leading byte-order mark, and lets a lone UTF-16 surrogate through,
+both as a ``\\ud800`` escape and as the raw bytes ``ed a0 80`` (``json.loads`` decodes bytes with
+"surrogatepass"). Such a string breaks the tokenizer deep inside a request (a 500). ``StrictJSONRoute`` checks
+every POST body once, before FastAPI parses it, and answers 400 naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Request
+from fastapi.routing import APIRoute
+
+from grit.serve.errors import bad_request
+
+BOM = b"\xef\xbb\xbf"
+
+
+def reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+MAX_DEPTH = 32  # no request grit serves nests deeper than a few levels
+
+
+def invalid_string(value: Any, path: str = "", depth: int = 0) -> tuple[str, str] | None:
+    """(path, string) of the first string (key or value) that is not valid Unicode, or None. Deeper nesting than
+    ``MAX_DEPTH`` is a 400 (it would only exhaust the recursion of whoever reads it next)."""
+    if depth > MAX_DEPTH:
+        raise bad_request(f"the request body is nested deeper than {MAX_DEPTH} levels (at {path})")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "body", value
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else key
+            found = invalid_string(key, path or "body", depth + 1) or invalid_string(item, where, depth + 1)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if found := invalid_string(item, f"{path}[{i}]", depth + 1):
+                return found
+    return None
+
+
+def check_body(body: bytes) -> None:
+    """Raise a 400 ``APIError`` for a body that is not strict JSON in UTF-8 with valid strings; an empty body, or
+    one that is not JSON at all, is left to the schema (which says what is missing)."""
+    if not body:
+        return
+    if body.startswith(BOM):
+        raise bad_request("the request body starts with a byte order mark; send plain UTF-8 JSON")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise bad_request(f"the request body is not valid UTF-8 (byte {e.start}: {body[e.start : e.end]!r})") from None
+    try:
+        parsed = json.loads(text, parse_constant=reject_constant)
+    except RecursionError:
+        raise bad_request(f"the request body is nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as e:
+        if "is not a JSON value" in str(e):
+            raise bad_request(f"the request body is not strict JSON: {e}") from None
+        return  # malformed JSON: FastAPI's parser reports it with its position
+    if found := invalid_string(parsed):
+        path, value = found
+        bad = next(c for c in value if 0xD800 <= ord(c) <= 0xDFFF)
+        raise bad_request(f"{path}: a lone UTF-16 surrogate (\\u{ord(bad):04x}) is not valid Unicode", path)
+
+
+class StrictJSONRoute(APIRoute):
+    """An APIRoute whose handler first checks the body with ``check_body``."""
+
+    def get_route_handler(self) -> Callable:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request):
+            if request.method == "POST":
+                check_body(await request.body())  # Starlette keeps the body, so the route reads it again for free
+            return await handler(request)
+
+        return strict
