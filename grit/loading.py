@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -69,19 +70,68 @@ def converted_folder(gguf: Path) -> Path:
 
 
 def is_complete(folder: Path) -> bool:
-    return (folder / MARKER).is_file() and (folder / "config.json").is_file()
+    """A finished conversion whose files still have the sizes it wrote (a truncated or deleted weight file, from a
+    full disk or a careless copy, makes it incomplete: it is converted again rather than failing every load)."""
+    try:
+        sizes = json.loads((folder / MARKER).read_text())["files"]
+        return all((folder / name).stat().st_size == size for name, size in sizes.items()) and "config.json" in sizes
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def temporary_prefix(kind: str, name: str) -> str:
+    """``.tmp-<name>-<host>-<pid>-`` (or ``.old-``): whose folder it is, so that a later process can tell one left
+    by a process that died (removed by ``recover_folders``) from one still being written."""
+    return f".{kind}-{name}-{socket.gethostname()}-{os.getpid()}-"
+
+
+def left_by_dead_process(path: Path) -> bool:
+    """A ``.tmp-``/``.old-`` folder of this host whose process is gone. Folders of other hosts (a shared file
+    system) and of older grits (no pid in the name) are left alone."""
+    parts = path.name.rsplit("-", 2)  # [".tmp-<name>-<host>", pid, mkdtemp's random part]
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[0].endswith(f"-{socket.gethostname()}"):
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def recover_folders(parent: Path) -> None:
+    """Repair what a process killed inside ``write_folder_atomically`` left in ``parent``: a target folder it had
+    moved aside but not yet replaced is moved back (the old version, complete), then the temporary folders of dead
+    processes are removed."""
+    if not parent.is_dir():
+        return
+    for old in parent.glob(".old-*"):
+        for inner in old.iterdir() if old.is_dir() else ():
+            target = parent / inner.name
+            if not target.exists():
+                log.warning("restoring %s, which an interrupted save had moved aside", target)
+                os.replace(inner, target)
+        if old.is_dir() and not any(old.iterdir()):
+            old.rmdir()
+    for stale in [*parent.glob(".tmp-*"), *parent.glob(".old-*")]:
+        if stale.is_dir() and left_by_dead_process(stale):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def write_folder_atomically(target: Path, fill: Callable[[Path], None], *, replace: bool = True) -> Path:
     """Run ``fill(tmp)`` on a fresh temporary folder beside ``target`` and rename it into place when it returns.
 
     A crash inside ``fill`` leaves only a ``.tmp-*`` folder, which no loader reads. When ``target`` already exists,
-    ``replace=True`` swaps it out (the old folder is moved aside before the new one is renamed in, and deleted
-    after, so at every moment ``target`` is either the whole old folder or the whole new one); ``replace=False``
-    keeps it and discards the new folder (another process finished the same work first).
+    ``replace=True`` swaps it out: the old folder is moved aside (into ``.old-*``), the new one renamed in, the old
+    one deleted. A kill between those two renames leaves no ``target`` for a moment; ``recover_folders`` (run here
+    first, and by the readers of such folders) moves the old one back, so at every point a reader finds either the
+    whole old folder or the whole new one. ``replace=False`` keeps an existing ``target`` and discards the new
+    folder (another process finished the same work first).
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    recover_folders(target.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix("tmp", target.name), dir=target.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; a model cache is meant to be readable like any other
     try:
         fill(tmp)
@@ -90,7 +140,7 @@ def write_folder_atomically(target: Path, fill: Callable[[Path], None], *, repla
             return target
         old = None
         if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".old-{target.name}-", dir=target.parent))
+            old = Path(tempfile.mkdtemp(prefix=temporary_prefix("old", target.name), dir=target.parent))
             os.replace(target, old / target.name)
         os.replace(tmp, target)
         if old is not None:
@@ -117,11 +167,16 @@ def convert_gguf(gguf: Path) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         seconds = time.perf_counter() - start
-        info = {"source": str(gguf), "digest": file_digest(gguf), "seconds": round(seconds, 1)}
+        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
+        info = {"source": str(gguf), "digest": file_digest(gguf), "seconds": round(seconds, 1), "files": files}
         (tmp / MARKER).write_text(json.dumps(info, indent=2))
         log.info("converted in %.1f s", seconds)
 
-    return write_folder_atomically(target, fill, replace=False)
+    if target.exists():
+        log.warning("%s is damaged or from an older grit (its files do not match its record); converting again",
+                    target)  # fmt: skip
+    # A complete target another process wrote meanwhile is kept; a damaged one is replaced.
+    return write_folder_atomically(target, fill, replace=target.exists())
 
 
 def drop_gguf_quantizer(model: torch.nn.Module, gguf: Path) -> None:

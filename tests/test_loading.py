@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -46,12 +47,16 @@ def test_killed_write_leaves_no_folder_and_retry_succeeds(tmp_path):
         loading.write_folder_atomically(target, dies_half_way)
     assert not target.exists() and list((tmp_path / "models").iterdir()) == []
 
-    def completes(tmp):
-        (tmp / "config.json").write_text("{}")
-        (tmp / loading.MARKER).write_text("{}")
-
-    assert loading.write_folder_atomically(target, completes) == target
+    assert loading.write_folder_atomically(target, finished_conversion) == target
     assert loading.is_complete(target)
+
+
+def finished_conversion(tmp):
+    """What a conversion leaves: its files, and the marker recording their sizes."""
+    (tmp / "config.json").write_text("{}")
+    (tmp / "model.safetensors").write_bytes(b"w" * 100)
+    sizes = {p.name: p.stat().st_size for p in tmp.iterdir()}
+    (tmp / loading.MARKER).write_text(json.dumps({"files": sizes}))
 
 
 def test_gguf_converts_once(tmp_path, monkeypatch):
@@ -63,12 +68,7 @@ def test_gguf_converts_once(tmp_path, monkeypatch):
 
     def fake_fill(target, fill, **kwargs):  # stands in for the transformers conversion (needs a real GGUF file)
         calls.append(target)
-
-        def write(tmp):
-            (tmp / "config.json").write_text("{}")
-            (tmp / loading.MARKER).write_text("{}")
-
-        return write_atomically(target, write, **kwargs)
+        return write_atomically(target, finished_conversion, **kwargs)
 
     write_atomically = loading.write_folder_atomically
     monkeypatch.setattr(loading, "write_folder_atomically", fake_fill)
@@ -76,6 +76,52 @@ def test_gguf_converts_once(tmp_path, monkeypatch):
     second = loading.resolve_model_path(gguf)
     assert first == second and len(calls) == 1
     assert first.parent == tmp_path / "cache" / "models" and first.name.startswith("model-")
+
+    # A damaged conversion (a weight file cut short by a full disk) is detected and converted again.
+    weights = first / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:10])
+    assert not loading.is_complete(first)
+    assert loading.resolve_model_path(gguf) == first and len(calls) == 2 and loading.is_complete(first)
+
+
+def test_a_save_killed_between_its_two_renames_leaves_the_old_folder_loadable(tmp_path, monkeypatch):
+    """The one moment a swap has no target folder: the old one is moved aside, the new not yet in. The next reader
+    (or writer) moves the old one back, and a later save completes and leaves nothing behind."""
+    target = tmp_path / "idx"
+    loading.write_folder_atomically(target, lambda tmp: (tmp / "v").write_text("old"))
+    real_replace, calls = os.replace, []
+
+    def killed_on_the_second_rename(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed between the renames")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(loading.os, "replace", killed_on_the_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        loading.write_folder_atomically(target, lambda tmp: (tmp / "v").write_text("new"))
+    monkeypatch.setattr(loading.os, "replace", real_replace)
+    assert not target.exists()  # the moment of the kill
+    loading.recover_folders(tmp_path)
+    assert (target / "v").read_text() == "old"
+    loading.write_folder_atomically(target, lambda tmp: (tmp / "v").write_text("new"))
+    assert (target / "v").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["idx"]
+
+
+def test_temporary_folders_of_dead_processes_are_removed(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    stale = tmp_path / f".tmp-idx-{host}-{dead.stdout.strip()}-abcd1234"
+    mine = tmp_path / f".tmp-idx-{host}-{os.getpid()}-abcd1234"  # alive: still being written
+    elsewhere = tmp_path / ".tmp-idx-otherhost-1-abcd1234"  # another machine's, on a shared file system
+    for folder in (stale, mine, elsewhere):
+        folder.mkdir()
+    loading.recover_folders(tmp_path)
+    assert not stale.exists() and mine.exists() and elsewhere.exists()
 
 
 def test_folder_without_weights_is_one_clear_error(tmp_path, tiny_model_path):

@@ -80,13 +80,20 @@ def check_documents(records: Iterable[tuple[Document, str]], source: str) -> lis
 
 def _read_folder(folder: Path) -> Iterator[tuple[Document, str]]:
     # Hidden folders (.git, .obsidian, ...) hold tool files, not documents.
-    files = sorted(
+    found = sorted(
         p
         for p in folder.rglob("*")
         if p.suffix in TEXT_SUFFIXES
         and p.is_file()
         and not any(s.startswith(".") for s in p.relative_to(folder).parts)
     )
+    # A symbolic link that leads out of the folder (to ~/.ssh/notes.md, say) is not the folder's document: indexing
+    # it would put a file the user did not choose into a served index.
+    root = folder.resolve()
+    files = [p for p in found if p.resolve().is_relative_to(root)]
+    if len(files) < len(found):
+        outside = len(found) - len(files)
+        log.warning("left out %d file(s) under %s that are symbolic links to places outside it", outside, folder)
     if not files:
         raise DocumentError(f"{folder}: no .txt or .md files found")
     for file in files:

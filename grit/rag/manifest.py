@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import grit
+from grit.loading import recover_folders
 
 FORMAT = "grit-index"
 FORMAT_VERSION = 2  # 2: model ids from grit.identity (content digests), placements recorded
@@ -84,6 +85,8 @@ def write_manifest(folder: Path, manifest: dict) -> None:
 
 def read_manifest(folder: Path) -> dict:
     path = folder / MANIFEST
+    if not folder.is_dir():
+        recover_folders(folder.parent)  # a save killed between its two renames: the old index comes back
     if not folder.is_dir():
         raise FileNotFoundError(f"index folder {str(folder)!r} does not exist")
     try:

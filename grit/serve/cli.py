@@ -21,7 +21,8 @@ Serves, from one process and one copy of the weights:
   POST /v1/rag                 with --index: retrieve and answer {"question", "k", "cache", "max_tokens", "stream"}
 
 Use it with the official client:  OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="KEY or anything")
-The API key can also come from $GRIT_API_KEY.
+The API key can also come from $GRIT_API_KEY or --api-key-file (both keep it out of `ps`). A non-loopback --host
+without a key is refused unless --allow-no-key is given.
 """
 
 
@@ -36,7 +37,11 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--cache-source", choices=["causal", "bidirectional"], default="causal",
                    help="RAG document caches (see `grit rag ask --help`)")  # fmt: skip
     p.add_argument("--rag-cache", default=defaults.rag_cache, help="RAG cache mode when a request names none")
-    p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` (or set $GRIT_API_KEY)")
+    p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` (visible in `ps`: prefer "
+                   "$GRIT_API_KEY or --api-key-file)")  # fmt: skip
+    p.add_argument("--api-key-file", type=Path, help="read the API key from the first line of this file")
+    p.add_argument("--allow-no-key", action="store_true",
+                   help="serve a non-loopback address without an API key (refused otherwise)")  # fmt: skip
     p.add_argument("--model-name", default="", help="the model id clients send (default: the model folder's name)")
     p.add_argument("--instruction", default="", help="embedding instruction when a request names none")
     p.add_argument("--max-pending", type=int, default=defaults.max_pending,
@@ -52,6 +57,20 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def read_key_file(path: Path | None) -> str | None:
+    """The key on the first line of ``path`` (None without a path); an empty file is an error, not "no key"."""
+    if path is None:
+        return None
+    lines = path.read_text().splitlines()
+    key = lines[0].strip() if lines else ""
+    if not key:
+        raise ValueError(f"--api-key-file {path} is empty")
+    return key
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import os
 
@@ -60,11 +79,17 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from grit.cli import load_model
     from grit.serve.app import create_app
 
+    api_key = args.api_key or read_key_file(args.api_key_file) or os.environ.get("GRIT_API_KEY") or None
+    if args.host not in LOOPBACK and not api_key and not args.allow_no_key:
+        raise ValueError(
+            f"--host {args.host} serves the model to the network without an API key; set $GRIT_API_KEY or "
+            "--api-key-file, or pass --allow-no-key to do it anyway"
+        )
     config = ServeConfig(
         host=args.host,
         port=args.port,
         model_name=args.model_name,
-        api_key=args.api_key or os.environ.get("GRIT_API_KEY") or None,
+        api_key=api_key,
         max_pending=args.max_pending,
         max_inputs=args.max_inputs,
         max_input_tokens=args.max_input_tokens,
@@ -83,7 +108,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         model = rag.model
     else:
         model = load_model(args)
-    if config.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
-        logging.getLogger("grit.serve").warning("serving on %s without an API key", config.host)
+    if config.host not in LOOPBACK and not config.api_key:
+        logging.getLogger("grit.serve").warning("serving on %s without an API key (--allow-no-key)", config.host)
     app = create_app(model, config, rag)
     uvicorn.run(app, host=config.host, port=config.port, log_level="info", access_log=False)

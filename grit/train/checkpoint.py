@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from grit.loading import write_folder_atomically
+from grit.loading import recover_folders, write_folder_atomically
 
 from .build import Trainee
 from .distributed import Dist, barrier, gather_objects
@@ -43,6 +43,7 @@ def checkpoints(output_dir: str | Path) -> list[Path]:
     folder = Path(output_dir)
     if not folder.is_dir():
         return []
+    recover_folders(folder)
     found = [p for p in folder.iterdir() if p.is_dir() and re.fullmatch(rf"{PREFIX}\d+", p.name)]
     return sorted(found, key=lambda p: int(p.name.removeprefix(PREFIX)))
 

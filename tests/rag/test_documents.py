@@ -25,6 +25,24 @@ def test_folder_ids_are_relative_paths_and_titles_headings_or_names(tmp_path):
     assert docs[1].text == "No heading here."
 
 
+def test_symbolic_links_out_of_the_folder_are_not_followed(tmp_path, caplog):
+    outside = tmp_path / "private"
+    outside.mkdir()
+    (outside / "secret.md").write_text("# Secret\n\nnot for the index")
+    docs = tmp_path / "docs"
+    (docs / "inner").mkdir(parents=True)
+    (docs / "a.md").write_text("# A\n\nkept")
+    (docs / "inner" / "b.md").write_text("kept too")
+    (docs / "leak.md").symlink_to(outside / "secret.md")  # a linked file
+    (docs / "linked").symlink_to(outside, target_is_directory=True)  # a linked folder
+    (docs / "alias.md").symlink_to(docs / "a.md")  # a link inside the folder stays
+    with caplog.at_level(logging.WARNING):
+        ids = [d.id for d in load_documents(docs)]
+    assert "leak.md" not in ids and not any(i.startswith("linked/") for i in ids)
+    assert {"a.md", "inner/b.md", "alias.md"} <= set(ids)
+    assert "symbolic links to places outside it" in caplog.text
+
+
 def test_single_text_file(tmp_path):
     path = tmp_path / "a.md"
     path.write_text("# Title\nbody")

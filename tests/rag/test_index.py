@@ -236,3 +236,28 @@ def test_cranfield_passages_find_their_documents(bow):
     picks = docs[::30]
     hits = index.search([d.text[:200] for d in picks], k=1)
     assert sum(h[0].doc_id == d.id for h, d in zip(hits, picks, strict=True)) >= 0.9 * len(picks)
+
+
+def test_an_index_save_killed_between_its_renames_loads_the_old_index(bow, tmp_path, monkeypatch):
+    import os
+
+    from grit import loading
+
+    path = build(bow).save(tmp_path / "idx")
+    before = Index.load(path).num_documents
+    grown = Index.load(path, bow)
+    grown.add([Document("extra", "one more document about bees and nectar")])
+    real_replace, calls = os.replace, []
+
+    def killed_on_the_second_rename(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(loading.os, "replace", killed_on_the_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        grown.save(path)
+    monkeypatch.setattr(loading.os, "replace", real_replace)
+    assert Index.load(path).num_documents == before  # the old index, whole
+    assert grown.save(path) and Index.load(path).num_documents == before + 1

@@ -333,3 +333,28 @@ def test_finished_streams_leave_the_server_without_garbage_collection(live, clie
         wait_until(lambda: live.server.admission.inside == 0, 3, "the finished streams to leave the server")
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--host", "0.0.0.0"], "serves the model to the network without an API key"),
+        (["--api-key-file", "EMPTY"], "is empty"),
+    ],
+)
+def test_serve_refuses_an_open_network_address_and_an_empty_key_file(tiny_model_path, tmp_path, capsys, monkeypatch,
+                                                                     argv, says):  # fmt: skip
+    from grit.cli import main
+
+    monkeypatch.delenv("GRIT_API_KEY", raising=False)
+    (tmp_path / "EMPTY").write_text("\n")
+    argv = [str(tmp_path / a) if a == "EMPTY" else a for a in argv]
+    assert main(["serve", "--model", str(tiny_model_path), *argv]) == 2  # refused before any model is loaded
+    assert says in capsys.readouterr().err
+
+
+def test_the_api_key_can_come_from_a_file(tmp_path):
+    from grit.serve.cli import read_key_file
+
+    (tmp_path / "key").write_text("sk-from-file\n")
+    assert read_key_file(tmp_path / "key") == "sk-from-file" and read_key_file(None) is None
