@@ -13,8 +13,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import Request
+from fastapi import Request, Response
 from fastapi.routing import APIRoute
+from starlette.requests import ClientDisconnect
 
 from grit.serve.errors import bad_request
 
@@ -85,7 +86,11 @@ class StrictJSONRoute(APIRoute):
 
         async def strict(request: Request):
             if request.method == "POST":
-                check_body(await request.body())  # Starlette keeps the body, so the route reads it again for free
+                try:
+                    body = await request.body()  # Starlette keeps it, so the route reads it again for free
+                except ClientDisconnect:  # gone before its body arrived (or cut off by the request deadline)
+                    return Response(status_code=400)  # nobody is there to read it; nothing to log as an error
+                check_body(body)
             return await handler(request)
 
         return strict

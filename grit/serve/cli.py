@@ -53,6 +53,12 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
                    help="prompts per completions request (decoded together)")  # fmt: skip
     p.add_argument("--max-batch-texts", type=int, default=defaults.max_batch_texts,
                    help="texts one embedding batch gathers from queued requests")  # fmt: skip
+    p.add_argument("--request-timeout", type=float, default=defaults.request_timeout_s,
+                   help="seconds a request may take to arrive whole (headers and body); then the connection closes")
+    p.add_argument("--keep-alive", type=int, default=defaults.keep_alive_s,
+                   help="seconds an idle kept-alive connection stays open")
+    p.add_argument("--max-connections", type=int, default=defaults.max_connections,
+                   help="open connections at once; a request past them gets 503")  # fmt: skip
     p.set_defaults(handler=cmd_serve)
     return p
 
@@ -78,6 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     from grit.cli import load_model
     from grit.serve.app import create_app
+    from grit.serve.connections import uvicorn_config
 
     api_key = args.api_key or read_key_file(args.api_key_file) or os.environ.get("GRIT_API_KEY") or None
     if args.host not in LOOPBACK and not api_key and not args.allow_no_key:
@@ -98,6 +105,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         max_batch_texts=args.max_batch_texts,
         default_instruction=args.instruction,
         rag_cache=args.rag_cache,
+        request_timeout_s=args.request_timeout,
+        keep_alive_s=args.keep_alive,
+        max_connections=args.max_connections,
     )
     rag = None
     if args.index is not None:
@@ -111,4 +121,4 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if config.host not in LOOPBACK and not config.api_key:
         logging.getLogger("grit.serve").warning("serving on %s without an API key (--allow-no-key)", config.host)
     app = create_app(model, config, rag)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info", access_log=False)
+    uvicorn.Server(uvicorn_config(app, config)).run()

@@ -31,12 +31,23 @@ class ServeConfig:
     default_instruction: str = ""  # embedding instruction when a request names none
     rag_cache: str = "doc"  # cache mode of the RAG route when a request names none
     log_requests: bool = True
+    # Connections (grit.serve.connections): a request must arrive whole (headers and body) within
+    # request_timeout_s; an idle kept-alive connection is closed after keep_alive_s; past max_connections open
+    # connections, a new request gets 503.
+    request_timeout_s: float = 10.0
+    keep_alive_s: int = 5
+    max_connections: int = 256
 
     def __post_init__(self) -> None:
         for name in ("max_pending", "max_inputs", "max_tokens_cap", "max_prompts", "generate_batch_size",
                      "max_body_bytes", "max_batch_texts", "embed_batch_size"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.request_timeout_s > 0 or self.keep_alive_s < 1 or self.max_connections < 1:
+            raise ValueError(
+                f"request_timeout_s must be > 0, keep_alive_s and max_connections >= 1; got {self.request_timeout_s}, "
+                f"{self.keep_alive_s}, {self.max_connections}"
+            )
         if self.batch_wait_ms < 0:
             raise ValueError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
         if self.max_input_tokens < 0:

@@ -23,7 +23,8 @@ async def send_json(send, status: int, body: dict) -> None:
 
 class BodyLimit:
     """Refuses a request whose body exceeds ``limit`` bytes (413): by its declared Content-Length before reading it,
-    and a body sent without one (chunked transfer encoding) as soon as what arrived crosses the limit."""
+    and a body sent without one (chunked transfer encoding) as soon as what arrived crosses the limit. A request that
+    declares both is refused (400)."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
@@ -38,6 +39,11 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         length = headers.get(b"content-length")
+        if length is not None and b"transfer-encoding" in headers:
+            # Which one frames the body? A proxy and this server may answer differently (request smuggling): refused.
+            message = "the request has both Content-Length and Transfer-Encoding; send one"
+            error = {"message": message, "type": "invalid_request_error", "param": None, "code": None}
+            return await send_json(send, 400, {"error": error})
         if length is not None and length.isdigit() and int(length) > self.limit:
             return await self.refuse(send, str(int(length)))
         if length is None and b"transfer-encoding" in headers:

@@ -19,6 +19,7 @@ except ImportError:  # openai 3 depends on httpx's successor, httpx2 (the same A
     import httpx2 as httpx  # noqa: F401
 
 from grit.serve.app import Server
+from grit.serve.connections import uvicorn_config
 
 API_KEY = "sk-grit-test"
 MODEL = "tiny-grit"
@@ -42,7 +43,8 @@ def serve(app) -> Iterator[Live]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    config = app.state.server.config  # the connection settings grit serve runs with
+    server = uvicorn.Server(uvicorn_config(app, config, port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     wait_until(lambda: server.started or not thread.is_alive(), 30, "the server to start")
