@@ -53,10 +53,18 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
                    help="prompts per completions request (decoded together)")  # fmt: skip
     p.add_argument("--max-batch-texts", type=int, default=defaults.max_batch_texts,
                    help="texts one embedding batch gathers from queued requests")  # fmt: skip
-    p.add_argument("--request-timeout", type=float, default=defaults.request_timeout_s,
-                   help="seconds a request may take to arrive whole (headers and body); then the connection closes")
-    p.add_argument("--keep-alive", type=int, default=defaults.keep_alive_s,
-                   help="seconds an idle kept-alive connection stays open")
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=defaults.request_timeout_s,
+        help="seconds a request may take to arrive whole (headers and body); then the connection closes",
+    )
+    p.add_argument(
+        "--keep-alive",
+        type=int,
+        default=defaults.keep_alive_s,
+        help="seconds an idle kept-alive connection stays open",
+    )
     p.add_argument("--max-connections", type=int, default=defaults.max_connections,
                    help="open connections at once; a request past them gets 503")  # fmt: skip
     p.set_defaults(handler=cmd_serve)

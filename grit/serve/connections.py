@@ -57,8 +57,8 @@ class DeadlineH11Protocol(H11Protocol):
     def _expired(self) -> None:
         self._deadline = None
         if not self.transport.is_closing():
-            client = "%s:%d" % self.client if self.client else "a client"
-            log.warning("closing the connection of %s: no whole request within %.0f s", client, self.request_timeout)
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+            log.warning("closing the connection of %s: no whole request within %g s", client, self.request_timeout)
             self.transport.close()
 
 
