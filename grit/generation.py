@@ -98,6 +98,24 @@ class StopOnEvent(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+class StopOnText(StoppingCriteria):
+    """Ends a row once its generated text holds one of the stop strings. Each step decodes only the row's last few
+    tokens (a token decodes to at least one character, so a stop string of n characters lies within its last n + a
+    few tokens): the cost follows the stop strings' length and nothing else. transformers' own ``stop_strings``
+    builds a vocabulary-by-length table for every set of strings instead (seconds and GBs for long strings, kept in a
+    cache across requests), which is why grit does not use it."""
+
+    def __init__(self, tokenizer, stops: Sequence[str], prompt_width: int):
+        self.tokenizer, self.stops, self.start = tokenizer, list(stops), prompt_width
+        self.window = max(len(s) for s in self.stops) + 8  # + tokens that decode to nothing (special ones)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        tail = input_ids[:, max(self.start, input_ids.shape[1] - self.window) :]
+        texts = self.tokenizer.batch_decode(tail, skip_special_tokens=True)
+        found = [any(s in text for s in self.stops) for text in texts]
+        return torch.tensor(found, dtype=torch.bool, device=input_ids.device)
+
+
 class OfferGate(StoppingCriteria):
     """Never stops anything: after each token it lets the gate hand the model to waiting work (an embedding batch,
     another request's next token) before generation goes on."""
@@ -138,8 +156,6 @@ def generation_config(model, params: SamplingParams, tokenizer) -> GenerationCon
     config.top_k = None
     if config.pad_token_id is None:
         config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if params.stop:
-        config.stop_strings = list(params.stop)
     return config
 
 
@@ -169,6 +185,8 @@ def run_generate(
     ``past_key_values`` may already hold the states of the first tokens of ``ids`` (RAG cache reuse); generate then
     runs only the rest through the model."""
     criteria = StoppingCriteriaList()
+    if params.stop:
+        criteria.append(StopOnText(tokenizer, params.stop, ids.shape[1]))
     if cancel is not None:
         criteria.append(StopOnEvent(cancel))
     if gate is not None:
@@ -180,7 +198,6 @@ def run_generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids) if attention_mask is None else attention_mask,
             generation_config=generation_config(model, params, tokenizer),
-            tokenizer=tokenizer,  # needed by stop_strings
             stopping_criteria=criteria or None,
             streamer=streamer,
             **cache_argument(past_key_values),
