@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from grit.attention import hidden_states
 from grit.kvcache import SpanCache, forward_with_cache, split_caches
 from grit.pooling import Pooling, check_pooling, pool
+from grit.text import check_text
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ def check_texts(texts: str | Sequence[str]) -> tuple[list[str], bool]:
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise TypeError(f"texts[{i}] must be a string, got {type(t).__name__}")
+        check_text(t, f"texts[{i}]")
         if not t.strip():
             # Pooling over zero text tokens has no meaning (and over whitespace alone, none a caller wants): an error
             # beats a vector of the instruction or of spaces.

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from grit.text import check_text
+
 Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
 
@@ -67,7 +69,7 @@ class PromptFormat:
 def as_messages(prompt_or_messages: str | Sequence[Message]) -> list[Message]:
     """A prompt string becomes one user message; a message list is checked and copied."""
     if isinstance(prompt_or_messages, str):
-        return [{"role": "user", "content": prompt_or_messages}]
+        return [{"role": "user", "content": check_text(prompt_or_messages, "prompt")}]
     if not isinstance(prompt_or_messages, Sequence) or not prompt_or_messages:
         got = type(prompt_or_messages).__name__
         raise TypeError(f"expected a prompt string or a non-empty list of messages, got {got}")
@@ -79,5 +81,6 @@ def as_messages(prompt_or_messages: str | Sequence[Message]) -> list[Message]:
             raise ValueError(f"message {i} has role {m['role']!r}; expected one of {', '.join(ROLES)}")
         if not isinstance(m["content"], str):
             raise TypeError(f"message {i} content must be a string, got {type(m['content']).__name__}")
+        check_text(m["content"], f"message {i} content")
         messages.append({"role": m["role"], "content": m["content"]})
     return messages

@@ -29,6 +29,7 @@ from grit.hardware import Placement
 from grit.identity import ModelIdentity
 from grit.kvcache import SpanCache
 from grit.pooling import Pooling, check_pooling
+from grit.text import check_text
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,7 @@ class GritModel:
     def _embed(self, items, instruction, batch_size, max_length, pooling, normalize, show_progress, with_cache=False):
         if not isinstance(instruction, str):
             raise TypeError(f"instruction must be a string, got {type(instruction).__name__}")
+        check_text(instruction, "instruction")
         return embedding.embed(
             self.lm.base_model,
             self.tokenizer,
@@ -216,7 +218,7 @@ class GritModel:
         if raw:
             if not isinstance(prompt_or_messages, str):
                 raise TypeError("a raw prompt must be a string")
-            prompt = prompt_or_messages
+            prompt = check_text(prompt_or_messages, "prompt")
         else:
             prompt = generation.chat_prompt(self.tokenizer, as_messages(prompt_or_messages), self.format)
         return generation.prompt_ids(self.tokenizer, prompt, max_new_tokens, self.context_length, self.device)

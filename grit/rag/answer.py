@@ -48,6 +48,7 @@ from grit.hardware import dtype_name
 from grit.kvcache import CacheAttention, SpanCache, compute_cache, join_caches, span_fits
 from grit.model import GritModel
 from grit.rag.kvstore import CacheKey, KVStore, store_folder
+from grit.text import check_text
 
 log = logging.getLogger(__name__)
 
@@ -266,11 +267,18 @@ class RAG:
             spans = [compute_cache(self.model.lm.base_model, spans[0].ids, "causal")]
         return self.index.search_vectors(vectors[0], k), spans[0]
 
+    def question_limit(self, max_new_tokens: int) -> int:
+        """The most tokens a question may have: half of what the context holds beside the answer."""
+        return (self.model.context_length - max_new_tokens) // 2
+
+    def question_tokens(self, question: str) -> int:
+        return len(self.model.tokenizer(question, add_special_tokens=False)["input_ids"])
+
     def fit_question(self, question: str, max_new_tokens: int) -> str:
         """The question cut to half of what the context holds next to the answer: the other half is for the
         documents and the format around them (documents that still do not fit are dropped in ``prepare``)."""
         ids = self.model.tokenizer(question, add_special_tokens=False)["input_ids"]
-        keep = (self.model.context_length - max_new_tokens) // 2
+        keep = self.question_limit(max_new_tokens)
         if keep < 1:
             raise ValueError(
                 f"max_new_tokens={max_new_tokens} leaves no room in the {self.model.context_length}-token context"
@@ -283,8 +291,11 @@ class RAG:
     def prepare(self, question: str, k: int, cache: CacheMode, max_new_tokens: int):
         if cache not in CACHE_MODES:
             raise ValueError(f"unknown cache mode {cache!r}; expected one of {', '.join(CACHE_MODES)}")
-        if not isinstance(question, str) or not question.strip():
+        if not isinstance(question, str):
+            raise TypeError(f"the question must be a string, got {type(question).__name__}")
+        if not question.strip():
             raise ValueError("the question is empty")
+        check_text(question, "the question")
         if self.index.num_chunks == 0:
             raise ValueError("the index holds no documents; add some with `grit index add`")
         question = self.fit_question(question, max_new_tokens)

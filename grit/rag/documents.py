@@ -20,6 +20,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from grit.text import check_text
+
 log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = (".txt", ".md")
@@ -148,4 +150,9 @@ def _parse_row(row: object, where: str) -> Document:
         raise DocumentError(f"{where}: document {doc_id!r} needs a string 'text', got {type(text).__name__}")
     if not isinstance(title, str):
         raise DocumentError(f"{where}: document {doc_id!r} has a non-string 'title' ({type(title).__name__})")
+    try:
+        for what, value in (("id", doc_id), ("title", title), ("text", text)):
+            check_text(value, f"{where}: document {what}")
+    except ValueError as e:
+        raise DocumentError(str(e)) from None
     return Document(doc_id, text, title)

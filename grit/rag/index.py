@@ -40,6 +40,7 @@ from grit.rag import manifest as mf
 from grit.rag.chunking import Chunk, ChunkConfig, chunk_documents
 from grit.rag.documents import Document, DocumentError
 from grit.rag.store import StoreConfig, VectorStore
+from grit.text import check_text
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,11 @@ class Index:
         version out. The index is unchanged when embedding fails.
         """
         docs = list(documents)
+        for d in docs:
+            for what, value in (("id", d.id), ("title", d.title), ("text", d.text)):
+                if not isinstance(value, str):
+                    raise TypeError(f"document {d.id!r}: {what} must be a string, got {type(value).__name__}")
+                check_text(value, f"document {d.id!r} {what}")
         ids = [d.id for d in docs]
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)

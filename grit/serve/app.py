@@ -505,6 +505,12 @@ async def rag_answer_route(server: Server, body: RagRequest, request: Request):
         raise bad_request(f"max_tokens={body.max_tokens} exceeds this server's cap of "
                           f"{server.config.max_tokens_cap}", "max_tokens")  # fmt: skip
     rag, cache = server.rag, body.cache or server.config.rag_cache
+    # Refused, as an over-long chat prompt is, rather than cut as the Python API does (with a warning in a log the
+    # client never sees).
+    tokens, limit = await asyncio.to_thread(rag.question_tokens, body.question), rag.question_limit(body.max_tokens)
+    if tokens > limit:
+        raise bad_request(f"the question has {tokens} tokens; with max_tokens={body.max_tokens} the limit is {limit} "
+                          "(half the context, the rest is for the documents)", "question")  # fmt: skip
     sampling = {"temperature": body.temperature, "top_p": body.top_p, "stop": body.stop or [], "seed": body.seed}
     if body.stream:
         cancel, outcome = threading.Event(), Generation()

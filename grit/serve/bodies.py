@@ -18,6 +18,7 @@ from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect
 
 from grit.serve.errors import bad_request
+from grit.text import check_text, invalid_string
 
 BOM = b"\xef\xbb\xbf"
 
@@ -27,30 +28,6 @@ def reject_constant(name: str) -> Any:
 
 
 MAX_DEPTH = 32  # no request grit serves nests deeper than a few levels
-
-
-def invalid_string(value: Any, path: str = "", depth: int = 0) -> tuple[str, str] | None:
-    """(path, string) of the first string (key or value) that is not valid Unicode, or None. Deeper nesting than
-    ``MAX_DEPTH`` is a 400 (it would only exhaust the recursion of whoever reads it next)."""
-    if depth > MAX_DEPTH:
-        raise bad_request(f"the request body is nested deeper than {MAX_DEPTH} levels (at {path})")
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return path or "body", value
-        return None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            where = f"{path}.{key}" if path else key
-            found = invalid_string(key, path or "body", depth + 1) or invalid_string(item, where, depth + 1)
-            if found:
-                return found
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            if found := invalid_string(item, f"{path}[{i}]", depth + 1):
-                return found
-    return None
 
 
 def check_body(body: bytes) -> None:
@@ -72,10 +49,16 @@ def check_body(body: bytes) -> None:
         if "is not a JSON value" in str(e):
             raise bad_request(f"the request body is not strict JSON: {e}") from None
         return  # malformed JSON: FastAPI's parser reports it with its position
-    if found := invalid_string(parsed):
+    try:
+        found = invalid_string(parsed, max_depth=MAX_DEPTH)
+    except ValueError as e:
+        raise bad_request(f"the request body is {e}") from None
+    if found:
         path, value = found
-        bad = next(c for c in value if 0xD800 <= ord(c) <= 0xDFFF)
-        raise bad_request(f"{path}: a lone UTF-16 surrogate (\\u{ord(bad):04x}) is not valid Unicode", path)
+        try:
+            check_text(value, path)
+        except ValueError as e:
+            raise bad_request(str(e), path) from None
 
 
 class StrictJSONRoute(APIRoute):

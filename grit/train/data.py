@@ -28,6 +28,7 @@ from typing import Any
 
 from grit.formats import Message, as_messages
 from grit.splits import is_held_out
+from grit.text import check_text, invalid_string
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,8 @@ def read_jsonl(
                     if not line.strip():
                         continue
                     obj = json.loads(line)
+                    if found := invalid_string(obj):
+                        check_text(found[1], found[0])  # a ValueError: reported with file and line below
                     if exclude_heldout and isinstance(obj, dict) and is_held_out(obj):
                         held_out += 1
                         continue

@@ -103,6 +103,8 @@ REFUSED = {
     "unknown field": ("/v1/chat/completions", {"messages": USER, "temprature": 0.5}, "temprature", "unknown field"),
     "unknown embeddings field": ("/v1/embeddings", {"input": "a", "truncate": True}, "truncate", "unknown field"),
     "unknown rag field": ("/v1/rag", {"question": "q", "top_k": 3}, "top_k", "unknown field"),
+    # a question too long for the context: was cut silently where chat refuses its prompt
+    "long question": ("/v1/rag", {"question": "word " * 600, "max_tokens": 8}, "question", "the limit is 252"),
 }
 
 
