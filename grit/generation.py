@@ -194,6 +194,8 @@ def run_generate(
     with gate.hold() if gate is not None else nullcontext(), torch.inference_mode():
         if params.seed is not None:  # inside the gate: no other request draws from the generator in between
             torch.manual_seed(params.seed)
+        if attention_mask is None and ids.shape[0] == 1:  # one unpadded prompt (a batch is prefilled whole)
+            past_key_values = prefill(model, ids, past_key_values, gate)
         return model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids) if attention_mask is None else attention_mask,
@@ -202,6 +204,33 @@ def run_generate(
             streamer=streamer,
             **cache_argument(past_key_values),
         )
+
+
+PREFILL_CHUNK = 512  # prompt tokens per forward pass before generation; between chunks others may use the model
+
+
+def prefill(model, ids: torch.Tensor, past_key_values, gate: Gate | None):
+    """The cache of all but the last token of ``ids`` (1, T), computed ``PREFILL_CHUNK`` tokens at a time after
+    what ``past_key_values`` holds already; the gate is offered between chunks. A long prompt then holds the model
+    for one chunk at a time instead of its whole prefill (an 8,000-token prompt: about a minute on 2 CPU cores),
+    and attention needs memory for chunk x T scores, not T x T. Causal attention makes the result the same as one
+    pass, up to float round-off. A prompt within one chunk is left to ``generate``."""
+    done = past_key_values.get_seq_length() if past_key_values is not None else 0
+    end = ids.shape[1] - 1  # generate runs the last token itself, and samples from its logits
+    if end - done <= PREFILL_CHUNK:
+        return past_key_values
+    from transformers import DynamicCache
+
+    cache = past_key_values if past_key_values is not None else DynamicCache(config=model.config)
+    for start in range(done, end, PREFILL_CHUNK):
+        stop = min(start + PREFILL_CHUNK, end)
+        positions = torch.arange(start, stop, device=ids.device)[None]
+        # The base model: the LM head's logits for every prompt token are not needed.
+        model.base_model(input_ids=ids[:, start:stop], position_ids=positions, use_cache=True,
+                         **cache_argument(cache))  # fmt: skip
+        if gate is not None:
+            gate.between_tokens()
+    return cache
 
 
 def finish(tokenizer, ids: torch.Tensor, out: torch.Tensor, params: SamplingParams, cancel=None) -> Generation:

@@ -3,6 +3,9 @@ import threading
 import pytest
 import torch
 
+from grit import generation
+from grit.generation import SamplingParams
+
 PROMPT = "Tell me about the json module."
 
 
@@ -162,3 +165,35 @@ def test_length_groups_keep_long_prompts_apart():
     assert [1] in groups  # the long one alone
     assert groups[0] == [0, 3, 6, 5]  # shortest first, in order of length
     assert length_groups([10, 10, 10], batch_size=1) == [[0], [1], [2]]
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_that_offer_the_model(tiny_grit, monkeypatch):
+    """Chunked prefill gives the greedy answer of one pass, and offers the gate between chunks (so a long prompt
+    does not hold the model for its whole prefill)."""
+    from grit.serve.scheduler import FairGate
+
+    ids = tiny_grit.prompt_ids("word " * 150, 8)  # ~150 tokens: several chunks of 32
+    params = SamplingParams(8)
+    whole = generation.complete(tiny_grit.lm, tiny_grit.tokenizer, ids, params)
+    offered = []
+    gate = FairGate()
+    monkeypatch.setattr(gate, "between_tokens", lambda: offered.append(1))
+    monkeypatch.setattr(generation, "PREFILL_CHUNK", 32)
+    chunked = generation.complete(tiny_grit.lm, tiny_grit.tokenizer, ids, params, gate=gate)
+    assert chunked.text == whole.text and chunked.completion_tokens == whole.completion_tokens
+    chunks = -(-(ids.shape[1] - 1) // 32)
+    assert len(offered) >= chunks  # one offer per prefill chunk, then one per generated token
+
+
+def test_chunked_prefill_gives_the_logits_of_one_pass(tiny_grit, monkeypatch):
+    from grit.transformers_compat import cache_argument
+
+    monkeypatch.setattr(generation, "PREFILL_CHUNK", 16)
+    ids = tiny_grit.prompt_ids("The logging module defines functions and classes. " * 6, 1)
+    with torch.inference_mode():
+        cache = generation.prefill(tiny_grit.lm, ids, None, None)
+        assert cache.get_seq_length() == ids.shape[1] - 1
+        last = tiny_grit.lm(input_ids=ids[:, -1:], position_ids=torch.tensor([[ids.shape[1] - 1]]),
+                            **cache_argument(cache)).logits[0, -1]  # fmt: skip
+        fresh = tiny_grit.lm(input_ids=ids).logits[0, -1]
+    assert (last - fresh).abs().max() < 1e-4
