@@ -8,7 +8,10 @@ Phases, one after the other:
   1. direct: this process loads the same model and encodes every text of phase 2 (batch 32), the server idle;
   2. embeddings: ``--embed-requests`` requests of 8 STS-B sentences from ``--clients`` concurrent clients;
   3. mixed: chats (``--chat-tokens`` new tokens each, greedy) and a fifth as many embedding requests, all at once
-     from ``--clients`` clients, so embeddings run between decoding steps.
+     from ``--clients`` clients, so embeddings run between decoding steps;
+  4. slow clients: ``--idle-sockets`` connections that send nothing or half their headers, opened beside
+     ``--busy-clients`` real clients sending the phase-3 mix; the real ones must see no error, and the server must
+     close every idle socket within its ``--request-timeout`` (started with that value here).
 The server's resident memory is read from /proc after a warm-up burst on both routes at full concurrency and after
 phase 3 (target: no growth beyond 10%).
 Texts are real: STS-B test sentences and the questions of the AdversarialQA set from ../shared/data.
@@ -57,8 +60,9 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.open()]
 
 
-def start_server(model: str | None, port: int, clients: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "grit.cli", "-q", "serve", "--port", str(port), "--max-pending", str(4 * clients)]
+def start_server(model: str | None, port: int, clients: int, request_timeout: float) -> subprocess.Popen:
+    command = [sys.executable, "-m", "grit.cli", "-q", "serve", "--port", str(port), "--max-pending", str(4 * clients),
+               "--request-timeout", str(request_timeout)]  # fmt: skip
     if model:
         command += ["--model", model]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -73,6 +77,23 @@ def start_server(model: str | None, port: int, clients: int) -> subprocess.Popen
             time.sleep(0.5)
     server.kill()
     raise SystemExit("the server did not start within 300 s")
+
+
+IDLE_SENDS = [b"", b"POST /v1/embeddings HTTP/1.1\r\nHost: grit\r\n"]  # silent; half the headers
+
+
+def idle_socket(port: int, sent: bytes, limit: float) -> float:
+    """Open a connection, send ``sent`` and nothing more; seconds until the server closes it (inf past ``limit``)."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(limit)
+        sock.sendall(sent)
+        start = time.perf_counter()
+        try:
+            while sock.recv(4096):
+                pass
+        except TimeoutError:
+            return float("inf")
+        return time.perf_counter() - start
 
 
 def timed(fn) -> tuple[float, bool]:
@@ -109,6 +130,9 @@ def main() -> None:
     parser.add_argument("--chats", type=int, default=50)
     parser.add_argument("--chat-tokens", type=int, default=32)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--busy-clients", type=int, default=32, help="real clients beside the idle sockets")
+    parser.add_argument("--idle-sockets", type=int, default=32)
+    parser.add_argument("--request-timeout", type=float, default=5.0, help="the server's, for phase 4")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
 
@@ -119,7 +143,7 @@ def main() -> None:
     batches = [rng.sample(sentences, per) for _ in range(args.embed_requests)]
 
     port = free_port()
-    server = start_server(args.model, port, args.clients)
+    server = start_server(args.model, port, max(args.clients, args.busy_clients), args.request_timeout)
     try:
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=600)
         name = client.models.list().data[0].id
@@ -157,17 +181,27 @@ def main() -> None:
         rng.shuffle(jobs)
         wall_mixed, mixed = run_load(jobs, args.clients)
         memory_after = rss_mib(server.pid)
+        # 4. slow clients beside real ones
+        limit = 3 * args.request_timeout + 30
+        with ThreadPoolExecutor(args.idle_sockets) as idle_pool:
+            idle = [idle_pool.submit(idle_socket, port, IDLE_SENDS[i % 2], limit) for i in range(args.idle_sockets)]
+            wall_slow, slow = run_load(jobs, args.busy_clients)
+            closed_after = sorted(f.result() for f in idle)
     finally:
         server.terminate()
         server.wait(timeout=30)
 
     direct_texts_s = len(texts) / direct_s
     served_texts_s = embed_only["per_s"] * per
-    rows = [embed_only, summary("embeddings", mixed, wall_mixed), summary("chat", mixed, wall_mixed)]
-    phases = ["embeddings only", "mixed", "mixed"]
+    rows = [embed_only, summary("embeddings", mixed, wall_mixed), summary("chat", mixed, wall_mixed),
+            summary("embeddings", slow, wall_slow), summary("chat", slow, wall_slow)]  # fmt: skip
+    beside = f"{args.busy_clients} clients + {args.idle_sockets} idle sockets"
+    phases = ["embeddings only", "mixed", "mixed", beside, beside]
     lines = [
         f"`python bench/serve_load.py --embed-requests {args.embed_requests} --chats {args.chats} --clients "
-        f"{args.clients}` ({os.cpu_count()} CPUs, {per} texts per embedding request, {args.chat_tokens}-token chats)",
+        f"{args.clients} --busy-clients {args.busy_clients} --idle-sockets {args.idle_sockets} --request-timeout "
+        f"{args.request_timeout:g}` ({os.cpu_count()} CPUs, {per} texts per embedding request, "
+        f"{args.chat_tokens}-token chats)",
         "",
         "| phase | route | requests | errors | requests/s | p50 s | p99 s |",
         "|---|---|---|---|---|---|---|",
@@ -182,6 +216,8 @@ def main() -> None:
         f"Server memory (RSS): {memory_before:.0f} MiB before phase 2, {memory_after:.0f} MiB after phase 3 "
         f"({(memory_after / memory_before - 1) * 100:+.1f}%, target <= +10%).",
         f"Errors: {sum(r['errors'] for r in rows)} (target 0).",
+        f"Idle sockets (silent, or half their headers) closed by the server after {closed_after[0]:.1f} to "
+        f"{closed_after[-1]:.1f} s (request timeout {args.request_timeout:g} s; inf: still open after {limit:g} s).",
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serve_load.md").write_text("\n".join(lines) + "\n")

@@ -130,6 +130,9 @@ class Admission:
             self.leave()
 
 
+PASS_CHARS = 16_000  # about 4,000 tokens of English: a few seconds of one forward pass on a 2-core CPU
+
+
 @dataclass
 class EmbeddingJob:
     texts: list[str]
@@ -201,9 +204,7 @@ class EmbeddingBatcher:
     def _run(self, group: list[EmbeddingJob], instruction: str, max_length: int) -> None:
         texts = [t for job in group for t in job.texts]
         try:
-            vectors = self.model.encode(
-                texts, instruction, batch_size=self.batch_size, max_length=max_length, show_progress=False
-            )
+            vectors = self._encode(texts, instruction, max_length)
             self.batches += 1
         except Exception as e:  # inputs are checked before they are queued; this is a server fault
             log.exception("embedding batch of %d texts failed", len(texts))
@@ -214,3 +215,30 @@ class EmbeddingBatcher:
         for job in group:
             job.future.set_result(np.asarray(vectors[start : start + len(job.texts)]))
             start += len(job.texts)
+
+    def _encode(self, texts: list[str], instruction: str, max_length: int) -> np.ndarray:
+        """``model.encode`` of ``texts`` one forward pass at a time, offering the model between passes: a batch of
+        hundreds of long texts would otherwise hold it for minutes. Texts are sorted by length first (as encode
+        does) so that each pass pads little; a pass takes ``batch_size`` texts or ``PASS_CHARS`` characters, which
+        ever comes first (one text longer than that is one pass: a bidirectional forward cannot be split)."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out: np.ndarray | None = None
+        start = 0
+        while start < len(order):
+            end, chars = start, 0
+            while end < len(order) and end - start < self.batch_size:
+                size = len(texts[order[end]])
+                if end > start and chars + size > PASS_CHARS:
+                    break
+                chars += size
+                end += 1
+            rows = order[start:end]
+            vectors = self.model.encode([texts[i] for i in rows], instruction, batch_size=len(rows),
+                                        max_length=max_length, show_progress=False)  # fmt: skip
+            if out is None:
+                out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+            out[rows] = vectors
+            start = end
+            if start < len(order):
+                self.gate.between_tokens()
+        return out
