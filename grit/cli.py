@@ -115,7 +115,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
 
 
 def cmd_similarity(args: argparse.Namespace) -> None:
-    print(f"{load_model(args).similarity(args.a, args.b, args.instruction):.4f}")
+    print(f"{load_model(args).text_similarity(args.a, args.b, args.instruction):.4f}")
 
 
 def cmd_chat(args: argparse.Namespace) -> None:

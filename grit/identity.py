@@ -13,8 +13,10 @@ recorded but not part of the identity. A full fine-tune rewrites every tensor an
 bytes in the middle of a large weight file could escape the samples, which is why what trains writes a new file
 rather than patching one in place. A model changed in memory after loading keeps the identity of its files.
 
-A folder ``grit train`` wrote also records how it was trained (``train_config.json``); ``TrainedSettings`` is the one
-reader of that file for the core modules (which base an adapter belongs to, the pooling and attention to embed with).
+A folder grit wrote also records how its model embeds: ``grit train`` writes ``train_config.json`` (which base an
+adapter belongs to, the pooling and attention it was trained with), ``GritModel.save_pretrained`` writes
+``grit_config.json`` (pooling, attention, prompt format, named instructions, truncation). ``SavedSettings`` is the one
+reader of both for the core modules.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any, Literal
 WHOLE_FILE_BYTES = 32 << 20  # files up to this size are hashed whole (adapters, configs, tokenizers)
 SAMPLES, SAMPLE_BYTES, END_BYTES = 64, 64 << 10, 1 << 20
 TRAIN_CONFIG = "train_config.json"  # written by grit train into final/ and adapter/
+SAVED_CONFIG = "grit_config.json"  # written by GritModel.save_pretrained
 IDENTITY_FILES = (
     "config.json",
     "generation_config.json",
@@ -41,6 +44,7 @@ IDENTITY_FILES = (
     "*.safetensors",
     "pytorch_model*.bin",
     "adapter_config.json",
+    SAVED_CONFIG,
     "adapter_model.bin",
 )
 
@@ -69,30 +73,42 @@ def model_files(folder: Path) -> list[Path]:
 
 
 @dataclass(frozen=True)
-class TrainedSettings:
-    """What ``grit train`` recorded in a folder it wrote (its ``train_config.json``)."""
+class SavedSettings:
+    """How a folder grit wrote embeds: from ``grit_config.json`` (``save_pretrained``) or ``train_config.json``
+    (``grit train``). Fields a file does not set are None (the loader's defaults apply)."""
 
-    base: str | None  # the model training started from, as the config named it (None: the default model)
-    pooling: str
-    attention: Literal["bidirectional", "causal"]
+    base: str | None = None  # grit train: the model training started from (None: the default model)
+    pooling: str | None = None
+    attention: Literal["bidirectional", "causal"] | None = None
+    format: dict[str, Any] | None = None  # grit.formats.PromptFormat fields
+    prompts: dict[str, str] | None = None
+    truncate_dim: int | None = None
+    similarity_fn_name: str | None = None
+    trained: bool = False  # from grit train's train_config.json (then ``base`` names the adapter's base)
 
     @classmethod
-    def read(cls, folder: Path) -> TrainedSettings | None:
-        """The settings of a ``grit train`` folder; None for any other folder. An unreadable file is an error: a
+    def read(cls, folder: Path) -> SavedSettings | None:
+        """The settings grit recorded in ``folder``; None for any other folder. An unreadable file is an error: a
         model trained to embed one way must not silently embed another."""
-        path = Path(folder) / TRAIN_CONFIG
-        if not path.is_file():
-            return None
-        try:
-            values = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"{str(path)!r} does not hold a training config (a JSON object)")
-        attention = values.get("attention", "bidirectional")
-        if attention not in ("bidirectional", "causal"):
-            raise ValueError(f"{str(path)!r}: attention must be 'bidirectional' or 'causal', got {attention!r}")
-        return cls(values.get("model"), values.get("pooling", "mean"), attention)
+        folder = Path(folder)
+        for name, trained in ((SAVED_CONFIG, False), (TRAIN_CONFIG, True)):
+            path = folder / name
+            if not path.is_file():
+                continue
+            try:
+                values = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from None
+            if not isinstance(values, dict):
+                raise ValueError(f"{str(path)!r} does not hold grit's settings (a JSON object)")
+            attention = values.get("attention", "bidirectional")
+            if attention not in ("bidirectional", "causal"):
+                raise ValueError(f"{str(path)!r}: attention must be 'bidirectional' or 'causal', got {attention!r}")
+            if trained:
+                return cls(values.get("model"), values.get("pooling", "mean"), attention, trained=True)
+            fields = ("pooling", "format", "prompts", "truncate_dim", "similarity_fn_name")
+            return cls(attention=attention, **{k: values.get(k) for k in fields})
+        return None
 
 
 @dataclass(frozen=True)
@@ -103,7 +119,7 @@ class ModelIdentity:
     digest: str  # over the model's files (and its base's digest, for an adapter)
     path: str  # where it was loaded from; not part of the identity
     base: str | None = None  # the base model's id, for a LoRA adapter merged in at load
-    trained: TrainedSettings | None = None
+    saved: SavedSettings | None = None  # how the folder says its model embeds (grit train, save_pretrained)
 
     @property
     def id(self) -> str:
@@ -121,8 +137,8 @@ class ModelIdentity:
             h.update(f"{p.name}:{file_digest(p)}\n".encode())
         if base is not None:
             h.update(f"base:{base.digest}\n".encode())
-        trained = TrainedSettings.read(folder)
-        return cls(folder.name, h.hexdigest()[:16], str(folder.resolve()), base.id if base else None, trained)
+        saved = SavedSettings.read(folder)
+        return cls(folder.name, h.hexdigest()[:16], str(folder.resolve()), base.id if base else None, saved)
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "digest": self.digest, "path": self.path, "base": self.base}

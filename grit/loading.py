@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from grit.identity import TrainedSettings, file_digest
+from grit.identity import SavedSettings, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +221,8 @@ def adapter_base(folder: Path) -> Path | None:
     if config.get("peft_type") != "LORA":
         kind = config.get("peft_type")
         raise UnsupportedModelError(f"adapter {str(folder)!r} is {kind!r}; grit loads LoRA adapters")
-    trained = TrainedSettings.read(folder)
-    if trained is not None:  # grit train's adapter: its config names the base portably (None: the default model)
+    trained = SavedSettings.read(folder)
+    if trained is not None and trained.trained:  # grit train's adapter: names its base portably (None: the default)
         if trained.base is None or Path(trained.base).expanduser().exists():
             return resolve_model_path(trained.base)
     base = config.get("base_model_name_or_path")

@@ -11,27 +11,65 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
-from grit import embedding, generation, hardware, loading
+from grit import embedding, generation, hardware, instructions, loading
 from grit.attention import check_bidirectional
 from grit.formats import Message, PromptFormat, as_messages
 from grit.generation import SamplingParams
 from grit.hardware import Placement
-from grit.identity import ModelIdentity
+from grit.identity import SAVED_CONFIG, ModelIdentity, SavedSettings
+from grit.instructions import DEFAULT_QUERY_INSTRUCTION
 from grit.kvcache import SpanCache
 from grit.pooling import Pooling, check_pooling
+from grit.quantize import Precision, quantize
 from grit.text import check_text
 
 log = logging.getLogger(__name__)
+
+
+SimilarityFn = Literal["cosine", "dot"]
+SIMILARITY_FNS: tuple[str, ...] = ("cosine", "dot")
+
+
+def check_dim(dim: int, full: int) -> None:
+    if not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= full:
+        raise ValueError(f"truncate_dim must be a whole number in [1, {full}], got {dim!r}")
+
+
+def truncate(vectors: np.ndarray, dim: int, normalize: bool) -> np.ndarray:
+    """The first ``dim`` dimensions of each row, renormalized when the vectors were (Matryoshka truncation)."""
+    vectors = np.ascontiguousarray(vectors[:, :dim])
+    if normalize:
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return vectors
+
+
+def similarity(a, b, fn: SimilarityFn = "cosine"):
+    """(n, m) cosine or dot similarities of the rows of ``a`` and ``b`` (numpy or torch; single vectors allowed)."""
+    if fn not in SIMILARITY_FNS:
+        raise ValueError(f"similarity function must be one of {', '.join(SIMILARITY_FNS)}, got {fn!r}")
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        a, b = torch.as_tensor(a).float(), torch.as_tensor(b).float()
+        a, b = a.reshape(1, -1) if a.ndim == 1 else a, b.reshape(1, -1) if b.ndim == 1 else b
+        if fn == "cosine":
+            a, b = torch.nn.functional.normalize(a, dim=-1), torch.nn.functional.normalize(b, dim=-1)
+        return a @ b.T
+    a, b = np.atleast_2d(np.asarray(a, dtype=np.float32)), np.atleast_2d(np.asarray(b, dtype=np.float32))
+    if fn == "cosine":
+        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return a @ b.T
 
 
 @dataclass
@@ -46,13 +84,26 @@ class GritModel:
     bidirectional: bool = True  # False embeds with causal attention (an ablation; GRIT uses bidirectional)
     identity: ModelIdentity | None = None  # which model this is (from its files; see grit.identity); set by load
     placement: Placement | None = None  # where it runs, resolved at load (grit.hardware); None: read off the weights
+    # Named instructions, as sentence-transformers' ``prompts``: ``encode(..., prompt_name="query")``,
+    # ``encode_query`` and ``encode_document`` use them (documents get none by default, GritLM's asymmetric rule).
+    prompts: dict[str, str] = field(default_factory=lambda: {"query": DEFAULT_QUERY_INSTRUCTION, "document": ""})
+    truncate_dim: int | None = None  # keep the first d dimensions of every vector (Matryoshka), renormalized
+    similarity_fn_name: SimilarityFn = "cosine"  # what ``similarity`` computes
 
     def __post_init__(self) -> None:
         check_pooling(self.pooling)
+        if self.similarity_fn_name not in SIMILARITY_FNS:
+            raise ValueError(f"similarity_fn_name must be one of {', '.join(SIMILARITY_FNS)}, got "
+                             f"{self.similarity_fn_name!r}")  # fmt: skip
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.prompts.items()):
+            raise TypeError("prompts must map names to instruction strings")
+        self.prompts = {name: check_text(text, f"prompts[{name!r}]") for name, text in self.prompts.items()}
         if self.placement is None:
             self.placement = Placement(self.device, self.dtype, torch.get_num_threads())
         if self.identity is None:
             self.identity = ModelIdentity.of(self.path)
+        if self.truncate_dim is not None:
+            check_dim(self.truncate_dim, self.dim)
 
     @classmethod
     def load(
@@ -67,6 +118,8 @@ class GritModel:
         format: PromptFormat | None = None,
         pooling: Pooling | None = None,
         bidirectional: bool | None = None,
+        prompts: dict[str, str] | None = None,
+        truncate_dim: int | None = None,
     ) -> GritModel:
         """Open a model: ``None`` for the default, a Hugging Face folder, a ``.gguf`` file, or a LoRA adapter folder
         (``grit train``'s ``adapter/``, any peft LoRA folder) whose recorded base model is on this machine: merged
@@ -76,9 +129,9 @@ class GritModel:
         ``$GRIT_CACHE``) with the GRIT adapter that ships in ``grit/models/`` merged in; ``base_only=True`` gives
         the plain SmolLM2 model (what training starts from).
 
-        ``pooling`` and ``bidirectional`` default to what a ``grit train`` folder records it was trained with (a
-        model trained to embed with causal attention and last-token pooling embeds that way), else mean pooling
-        with bidirectional attention (GRIT).
+        ``pooling``, ``bidirectional``, ``format``, ``prompts`` and ``truncate_dim`` default to what a folder grit
+        wrote records (``grit train``: a model trained to embed with causal attention and last-token pooling embeds
+        that way; ``save_pretrained``: all of them), else mean pooling with bidirectional attention (GRIT).
 
         ``device``, ``dtype`` and ``threads`` are resolved once by ``grit.hardware.resolve_placement`` ("auto":
         the fastest native dtype of this hardware, not the checkpoint's; ``$GRIT_DEVICE`` / ``$GRIT_DTYPE`` /
@@ -113,13 +166,20 @@ class GritModel:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         check_bidirectional(lm.base_model, str(folder))
-        trained = identity.trained
-        pooling = pooling or (trained.pooling if trained else "mean")
+        saved = identity.saved or SavedSettings()
+        pooling = pooling or saved.pooling or "mean"
         if bidirectional is None:
-            bidirectional = trained is None or trained.attention == "bidirectional"
+            bidirectional = saved.attention != "causal"
+        format = format or (PromptFormat(**saved.format) if saved.format else PromptFormat())
         log.info("loaded %s (%s, %s on %s, %d threads; id %s)", folder, lm.config.model_type,
                  hardware.dtype_name(dtype), device, placement.threads, identity.id)  # fmt: skip
-        return cls(lm, tokenizer, folder, format or PromptFormat(), pooling, bidirectional, identity, placement)
+        model = cls(lm, tokenizer, folder, format, pooling, bidirectional, identity, placement)
+        if prompts is not None or saved.prompts is not None:
+            model.prompts = dict(prompts if prompts is not None else saved.prompts)
+        model.truncate_dim = truncate_dim if truncate_dim is not None else saved.truncate_dim
+        model.similarity_fn_name = saved.similarity_fn_name or model.similarity_fn_name
+        model.__post_init__()  # check what the folder or the caller set
+        return model
 
     # --- facts -------------------------------------------------------------------------------------------------
 
@@ -135,7 +195,8 @@ class GritModel:
         """What besides the weights shapes this model's vectors (pooling, attention, prompt format), as plain JSON
         values: indexes and the eval cache compare it, so it is serialised one way, here."""
         format = dataclasses.asdict(self.format)
-        return {"pooling": self.pooling, "bidirectional": self.bidirectional, "format": format}
+        settings = {"pooling": self.pooling, "bidirectional": self.bidirectional, "format": format}
+        return settings | ({"truncate_dim": self.truncate_dim} if self.truncate_dim is not None else {})
 
     @property
     def dim(self) -> int:
@@ -153,29 +214,73 @@ class GritModel:
         texts: str | Sequence[str],
         instruction: str = "",
         *,
+        prompt_name: str | None = None,
         batch_size: int = 32,
         max_length: int = 512,
         normalize: bool = True,
         pooling: Pooling | None = None,
+        truncate_dim: int | None = None,
+        precision: Precision = "float32",
+        convert_to_tensor: bool = False,
         show_progress: bool | None = None,
-    ) -> np.ndarray:
+        normalize_embeddings: bool | None = None,
+        show_progress_bar: bool | None = None,
+    ) -> np.ndarray | torch.Tensor:
         """Embed texts: bidirectional attention, pooled over the text tokens only (instruction masked out).
 
         Args:
             texts: One string or a list. An empty string raises ``ValueError``; a non-string ``TypeError``.
-            instruction: Goes into ``<|user|>\\n{instruction}\\n<|embed|>\\n``; "" gives ``<|embed|>\\n`` alone.
+            instruction: Goes into ``<|user|>\n{instruction}\n<|embed|>\n``; "" gives ``<|embed|>\n`` alone.
+            prompt_name: The instruction named so in ``model.prompts`` ("query", "document", or your own), instead
+                of ``instruction``.
             max_length: Tokens per input, instruction included. Longer texts are cut, with one warning that
                 counts them.
             pooling: Overrides the model's pooling for this call (mean, weighted_mean, last, cls).
+            truncate_dim: Keep the first d dimensions (Matryoshka), renormalized; default ``model.truncate_dim``.
+            precision: "float32", or "int8" / "uint8" / "binary" / "ubinary" as sentence-transformers quantizes
+                (``grit.quantize``; int8 and uint8 take their ranges from these embeddings).
+            convert_to_tensor: A torch tensor on the model's device instead of a numpy array.
+            normalize_embeddings, show_progress_bar: sentence-transformers' names for ``normalize`` and
+                ``show_progress``.
         Returns:
-            float32 array ``(n, hidden)``, or ``(hidden,)`` for a single string.
+            float32 array ``(n, dim)`` (or quantized), or ``(dim,)`` for a single string.
         Example:
             >>> model.encode(["a cat", "a dog"], instruction="Find similar sentences").shape
             (2, 576)
         """
         items, single = embedding.check_texts(texts)
-        vectors = self._embed(items, instruction, batch_size, max_length, pooling, normalize, show_progress)
-        return vectors[0] if single else vectors
+        instruction = self.instruction_for(instruction, prompt_name)
+        normalize = normalize if normalize_embeddings is None else normalize_embeddings
+        show_progress = show_progress if show_progress_bar is None else show_progress_bar
+        vectors = self._embed(items, instruction, batch_size, max_length, pooling, normalize, show_progress,
+                              truncate_dim=truncate_dim)  # fmt: skip
+        if precision != "float32":
+            vectors = quantize(vectors, precision)
+        vectors = vectors[0] if single else vectors
+        return torch.from_numpy(vectors).to(self.device) if convert_to_tensor else vectors
+
+    def encode_query(self, texts: str | Sequence[str], task: str | None = None, **options):
+        """``encode`` with the query instruction: MTEB task ``task``'s from GritLM's table (``grit.instructions``),
+        else ``model.prompts["query"]``. Example: ``model.encode_query("how do bees fly?", task="SciFact")``."""
+        instruction = instructions.for_task(task, "query") if task is not None else self.prompts.get("query", "")
+        return self.encode(texts, instruction, **options)
+
+    def encode_document(self, texts: str | Sequence[str], task: str | None = None, **options):
+        """``encode`` for the corpus side: no instruction (GritLM embeds documents bare), unless task ``task`` is a
+        symmetric one (STS, classification, clustering: one instruction for every text) or ``model.prompts``
+        names a "document" instruction."""
+        instruction = instructions.for_task(task, "corpus") if task is not None else self.prompts.get("document", "")
+        return self.encode(texts, instruction, **options)
+
+    def instruction_for(self, instruction: str, prompt_name: str | None) -> str:
+        if prompt_name is None:
+            return instruction
+        if instruction:
+            raise ValueError("give an instruction or a prompt_name, not both")
+        if prompt_name not in self.prompts:
+            named = ", ".join(map(repr, self.prompts))
+            raise ValueError(f"no prompt named {prompt_name!r}; model.prompts has {named}")
+        return self.prompts[prompt_name]
 
     def encode_with_cache(
         self, texts: Sequence[str], instruction: str = "", *, batch_size: int = 8, max_length: int = 512
@@ -185,11 +290,15 @@ class GritModel:
         items, _ = embedding.check_texts(list(texts))
         return self._embed(items, instruction, batch_size, max_length, None, True, None, with_cache=True)
 
-    def _embed(self, items, instruction, batch_size, max_length, pooling, normalize, show_progress, with_cache=False):
+    def _embed(self, items, instruction, batch_size, max_length, pooling, normalize, show_progress, with_cache=False,
+               truncate_dim=None):  # fmt: skip
         if not isinstance(instruction, str):
             raise TypeError(f"instruction must be a string, got {type(instruction).__name__}")
         check_text(instruction, "instruction")
-        return embedding.embed(
+        dim = truncate_dim if truncate_dim is not None else self.truncate_dim
+        if dim is not None:
+            check_dim(dim, self.dim)
+        out = embedding.embed(
             self.lm.base_model,
             self.tokenizer,
             items,
@@ -202,11 +311,49 @@ class GritModel:
             show_progress=show_progress,
             with_cache=with_cache,
         )
+        if dim is None:
+            return out
+        vectors, caches = out if with_cache else (out, None)
+        vectors = truncate(vectors, dim, normalize)
+        return (vectors, caches) if with_cache else vectors
 
-    def similarity(self, a: str | Sequence[str], b: str | Sequence[str], instruction: str = "") -> np.ndarray:
-        """Cosine similarity matrix (len(a), len(b)); a float for two strings."""
-        sims = np.atleast_2d(self.encode(a, instruction)) @ np.atleast_2d(self.encode(b, instruction)).T
+    def similarity(self, a, b, similarity_fn: SimilarityFn | None = None):
+        """Similarity matrix of two sets of embeddings, as sentence-transformers' ``model.similarity``: (n, d) and
+        (m, d) (or single (d,) vectors) give (n, m); cosine or dot (``similarity_fn``, default
+        ``model.similarity_fn_name``). numpy in, numpy out; torch in, torch out. For texts, ``text_similarity``."""
+        if isinstance(a, str) or isinstance(b, str) or (isinstance(a, list | tuple) and a and isinstance(a[0], str)):
+            raise TypeError("similarity compares embeddings (as sentence-transformers' does); for texts use "
+                            "model.text_similarity(a, b)")  # fmt: skip
+        return similarity(a, b, similarity_fn or self.similarity_fn_name)
+
+    def text_similarity(self, a: str | Sequence[str], b: str | Sequence[str], instruction: str = "") -> np.ndarray:
+        """Similarity matrix (len(a), len(b)) of two sets of texts, embedded with ``instruction``; a float for two
+        strings."""
+        sims = self.similarity(np.atleast_2d(self.encode(a, instruction)), np.atleast_2d(self.encode(b, instruction)))
         return float(sims[0, 0]) if isinstance(a, str) and isinstance(b, str) else sims
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write a folder ``GritModel.load`` opens with this model's behaviour: the weights (adapters merged, in the
+        model's dtype), the tokenizer, and grit's embedding settings (``grit_config.json``: pooling, attention,
+        prompt format, prompts, truncation, similarity function). Written whole or not at all."""
+        target = Path(folder).expanduser()
+        if target.exists() and any(target.iterdir()) and not (target / "config.json").is_file():
+            raise FileExistsError(f"{target} exists and holds no model; refusing to write a model over it")
+        settings = {
+            "pooling": self.pooling,
+            "attention": "bidirectional" if self.bidirectional else "causal",
+            "format": dataclasses.asdict(self.format),
+            "prompts": self.prompts,
+            "truncate_dim": self.truncate_dim,
+            "similarity_fn_name": self.similarity_fn_name,
+        }
+
+        def fill(tmp: Path) -> None:
+            self.lm.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            (tmp / SAVED_CONFIG).write_text(json.dumps(settings, indent=2) + "\n")
+
+        return loading.write_folder_atomically(target, fill)
 
     # --- generation --------------------------------------------------------------------------------------------
 

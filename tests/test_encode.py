@@ -98,9 +98,9 @@ def test_causal_embedding_ablation(tiny_model_path):
     assert float(causal.encode(TEXTS[0]) @ bi.encode(TEXTS[0])) < 0.99999
 
 
-def test_similarity(tiny_grit):
-    assert tiny_grit.similarity("a cat", "a cat") == pytest.approx(1.0, abs=1e-5)
-    assert tiny_grit.similarity(["a", "b"], ["c", "d", "e"]).shape == (2, 3)
+def test_text_similarity(tiny_grit):
+    assert tiny_grit.text_similarity("a cat", "a cat") == pytest.approx(1.0, abs=1e-5)
+    assert tiny_grit.text_similarity(["a", "b"], ["c", "d", "e"]).shape == (2, 3)
 
 
 def test_bfloat16_close_to_float32(tiny_model_path, tiny_grit):

@@ -2,7 +2,6 @@
 
     metrics.py           Spearman, nDCG/MRR/recall@k, SQuAD EM/F1, ROUGE-L, accuracy, macro-F1 (plain functions)
     data.py              readers for the shared data formats; DataFormatError names file and line
-    instructions.py      GritLM's MTEB instructions per task
     encoders.py          Encoder / Generator / Retriever protocols; MiniLM and BM25 baselines; model fingerprints
     cache.py             corpus embeddings cached under $GRIT_CACHE/embeddings
     tasks.py             the Task protocol, Scores, shared helpers

@@ -1,7 +1,7 @@
 """Embedding tasks: STS (Spearman), retrieval (nDCG@10, recall@100, MRR@10), classification (logistic regression).
 
 Each follows the MTEB protocol for its kind on the shared data sets, with GritLM's instructions
-(``grit.eval.instructions``): queries instructed, documents not; symmetric tasks instruct every text.
+(``grit.instructions``): queries instructed, documents not; symmetric tasks instruct every text.
 
 Example:
     >>> task = STSTask("stsb", Path("../shared/data/sts/stsb-test.jsonl"), limit=100)
@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from grit.eval import data, instructions, metrics
+from grit import instructions
+from grit.eval import data, metrics
 from grit.eval.cache import EmbeddingCache
 from grit.eval.encoders import Encoder, Retriever
 from grit.eval.tasks import Scores, check_limit, encode, min_limit, normalize_rows

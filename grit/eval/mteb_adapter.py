@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from grit.eval import instructions
+from grit import instructions
 from grit.eval.encoders import model_name
 
 log = logging.getLogger(__name__)

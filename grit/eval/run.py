@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import grit
-from grit.eval import instructions
+from grit import instructions
 from grit.eval.cache import EmbeddingCache
 from grit.eval.embedding_tasks import ClassificationTask, RetrievalTask, STSTask
 from grit.eval.encoders import BM25Retriever, fingerprint, load_minilm, model_name, placement_record

@@ -34,6 +34,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from grit.instructions import DEFAULT_QUERY_INSTRUCTION
 from grit.loading import write_folder_atomically
 from grit.rag import kvstore
 from grit.rag import manifest as mf
@@ -44,7 +45,6 @@ from grit.text import check_text
 
 log = logging.getLogger(__name__)
 
-DEFAULT_QUERY_INSTRUCTION = "Given a question, retrieve passages that answer the question"  # GritLM's, for RAG
 VECTORS, DOCUMENTS, CHUNKS = "vectors.faiss", "documents.jsonl", "chunks.jsonl"
 
 

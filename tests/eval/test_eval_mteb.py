@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
-from grit.eval.instructions import GRITLM_E5
 from grit.eval.mteb_adapter import MtebEncoder
+from grit.instructions import GRITLM_E5
 
 
 class PromptType(enum.StrEnum):  # mteb.types.PromptType

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from grit.eval import instructions
+from grit import instructions
 from grit.eval.embedding_tasks import RetrievalTask, STSTask
 from grit.eval.run import build_suite, run
 

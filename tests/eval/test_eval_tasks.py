@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from grit.eval import instructions
+from grit import instructions
 from grit.eval.cache import EmbeddingCache
 from grit.eval.embedding_tasks import ClassificationTask, RetrievalTask, STSTask
 from grit.eval.encoders import BM25Retriever, fingerprint

@@ -1,4 +1,5 @@
-"""Embedding instructions per MTEB task: GritLM's "e5" set, used by GritLM-7B for its MTEB results.
+"""Embedding instructions: GritLM's per-MTEB-task "e5" set (used by GritLM-7B for its MTEB results), reachable
+from ``GritModel.encode_query(texts, task=...)``, and the default query instruction for retrieval.
 
 Source: ContextualAI/gritlm ``evaluation/eval_mteb.py`` (``SET_TO_TASK_TO_DS_TO_PROMPT["e5"]``), which took them from
 microsoft/unilm ``e5/utils.py``; kept verbatim, typos included, since these strings are what the models saw.
@@ -11,6 +12,7 @@ from __future__ import annotations
 Instruction = str | dict[str, str]  # one for all texts, or {"query": ..., "corpus": ...}
 
 STS = "Retrieve semantically similar text."
+DEFAULT_QUERY_INSTRUCTION = "Given a question, retrieve passages that answer the question"  # GritLM's, for RAG
 
 GRITLM_E5: dict[str, Instruction] = {
     # Classification
@@ -88,6 +90,18 @@ GRITLM_E5: dict[str, Instruction] = {
 # Our shared data sets, by the MTEB task whose instruction they use.
 SST2 = "Classify the sentiment expressed in the given movie review text"  # ImdbClassification's, minus "from IMDB"
 CRANFIELD = GRITLM_E5["NFCorpus"]  # Cranfield has no GritLM instruction; NFCorpus's is the closest generic QA one
+
+
+def for_task(task: str, which: str) -> str:
+    """The instruction of MTEB task ``task`` for ``which`` side ("query" or "corpus"); an unknown task name is a
+    ValueError that suggests the closest known ones."""
+    if task not in GRITLM_E5:
+        import difflib
+
+        close = difflib.get_close_matches(task, GRITLM_E5, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else f" ({len(GRITLM_E5)} MTEB tasks known)"
+        raise ValueError(f"no GritLM instruction for task {task!r}{hint}")
+    return side(GRITLM_E5[task], which)
 
 
 def side(instruction: Instruction, which: str) -> str:
