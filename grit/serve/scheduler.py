@@ -32,7 +32,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
+
+from grit.rng import TorchRng
 
 log = logging.getLogger(__name__)
 
@@ -76,22 +77,10 @@ class FairGate:
         The random generators' state goes with the holder: sampling draws from torch's global generator, which the
         others' turns advance (or reseed), so without this a seeded generation would not repeat once interleaved."""
         if self.waiting:
-            state = rng_state()
+            state = TorchRng.capture()
             self._release()
             self._acquire()
-            set_rng_state(state)
-
-
-def rng_state() -> tuple:
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    return torch.get_rng_state(), cuda
-
-
-def set_rng_state(state: tuple) -> None:
-    cpu, cuda = state
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state_all(cuda)
+            state.restore()
 
 
 class Overloaded(Exception):

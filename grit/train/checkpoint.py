@@ -18,16 +18,15 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-import random
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from grit.loading import recover_folders, write_folder_atomically
+from grit.rng import process_state, restore_process_state
 
 from .build import Trainee
 from .distributed import Dist, barrier, gather_objects
@@ -53,37 +52,6 @@ def latest(output_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def rng_state() -> dict[str, Any]:
-    """This process's RNG states as tensors, ints, floats and strings only, so that ``torch.load(weights_only=True)``
-    reads them back: a checkpoint never needs pickle, and a crafted one cannot run code."""
-    version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
-        "numpy": {
-            "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },  # fmt: skip
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    py, npy = state["python"], state["numpy"]
-    random.setstate((py["version"], tuple(py["internal"].tolist()), py["gauss"]))
-    keys = npy["keys"].numpy().astype(np.uint32)
-    np.random.set_state((npy["kind"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def save(
     output_dir: Path,
     step: int,
@@ -96,7 +64,7 @@ def save(
 ) -> Path:
     """Write ``output_dir/checkpoint-<step>`` (rank 0 writes; every process must call this)."""
     target = output_dir / f"{PREFIX}{step}"
-    rng = gather_objects(rng_state(), d)  # a collective: every process takes part
+    rng = gather_objects(process_state(), d)  # a collective: every process takes part
     if d.main:
 
         def fill(tmp: Path) -> None:
@@ -130,7 +98,7 @@ def load(folder: Path, optimizer: torch.optim.Optimizer, scheduler: Any, d: Dist
     if rng is None:  # data order is still exact (sampler state); only dropout masks differ from an uninterrupted run
         log.warning("%s: its RNG states cannot be read without running pickled code; RNG not restored", folder)
     elif len(rng) == d.world:
-        set_rng_state(rng[d.rank])
+        restore_process_state(rng[d.rank])
     else:
         log.warning("%s was saved by %d processes, this run has %d: RNG not restored", folder, len(rng), d.world)
     return state

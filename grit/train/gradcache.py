@@ -16,30 +16,14 @@ the stream ends where the first pass left it, so a run with GradCache draws the 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from grit.rng import TorchRng
+
 Inputs = tuple[Tensor, Tensor, Tensor]  # (ids, padding mask, text mask), each (n, T), right-padded
 Encode = Callable[[Tensor, Tensor, Tensor], Tensor]  # one chunk of inputs -> (rows, H) embeddings
-
-
-@dataclass
-class RngState:
-    """The torch RNG streams dropout draws from: CPU, and every GPU once CUDA is in use."""
-
-    cpu: Tensor
-    cuda: list[Tensor]
-
-    @classmethod
-    def capture(cls) -> RngState:
-        return cls(torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [])
-
-    def restore(self) -> None:
-        torch.set_rng_state(self.cpu)
-        if self.cuda:
-            torch.cuda.set_rng_state_all(self.cuda)
 
 
 def chunks(inputs: Inputs, size: int) -> list[Inputs]:
@@ -69,14 +53,14 @@ def gradcache_backward(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     parts = [chunks(x, chunk_size) for x in inputs]
-    states: list[list[RngState]] = []
+    states: list[list[TorchRng]] = []
     leaves: list[Tensor] = []
     with torch.no_grad():
         for part in parts:
             states.append([])
             embeddings = []
             for chunk in part:
-                states[-1].append(RngState.capture())
+                states[-1].append(TorchRng.capture())
                 embeddings.append(encode(*chunk))
             leaves.append(torch.cat(embeddings).requires_grad_())  # (n, H), a leaf: its .grad is the cache
     loss = loss_fn(*leaves)
