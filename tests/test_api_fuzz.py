@@ -106,5 +106,5 @@ def test_a_generative_row_with_a_surrogate_names_its_line(tmp_path):
 def test_a_document_file_with_a_surrogate_names_its_line(tmp_path):
     path = tmp_path / "docs.jsonl"
     path.write_text('{"id": "a", "text": "fine"}\n{"id": "b", "text": "bad \\ud800"}\n')
-    with pytest.raises(ValueError, match=r"docs.jsonl:2: document text: a lone UTF-16 surrogate"):
+    with pytest.raises(ValueError, match=r"docs.jsonl:2: text: a lone UTF-16 surrogate"):
         load_documents(path)

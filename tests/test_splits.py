@@ -6,7 +6,7 @@ import pytest
 
 from grit.eval import data as eval_data
 from grit.splits import HELDOUT_FRACTION, is_held_out, row_identity
-from grit.train.data import parse_generative, read_jsonl
+from grit.train.data import parse_generative, read_dataset
 
 
 def conversations(n: int) -> list[dict]:
@@ -40,7 +40,7 @@ def test_training_keeps_exactly_the_rows_evaluation_does_not_score(tmp_path):
     path = tmp_path / "chats.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    train = read_jsonl(path, parse_generative, exclude_heldout=True)
+    train = read_dataset(path, parse_generative, exclude_heldout=True)
     scored = eval_data.read_generative(path, heldout_only=True)
     trained_questions = {ex.conversation[0]["content"] for ex in train.examples}
     scored_questions = {c.turns[0] for c in scored}
@@ -48,4 +48,4 @@ def test_training_keeps_exactly_the_rows_evaluation_does_not_score(tmp_path):
     assert trained_questions.isdisjoint(scored_questions)
     assert len(trained_questions) + len(scored_questions) == len(rows)
     assert train.held_out == len(scored) > 0
-    assert len(read_jsonl(path, parse_generative).examples) == len(rows)  # off by default
+    assert len(read_dataset(path, parse_generative).examples) == len(rows)  # off by default

@@ -13,26 +13,17 @@ broken file never turns into a silently smaller evaluation.
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from grit.jsonl import DataFormatError, open_text, read_jsonl
 from grit.splits import is_held_out
 
 T = TypeVar("T")
-
-
-class DataFormatError(ValueError):
-    """A data file row that does not match its format; the message starts with ``file:line:``."""
-
-    def __init__(self, path: str | os.PathLike, line: int, message: str):
-        self.path, self.line = Path(path), line
-        super().__init__(f"{path}:{line}: {message}")
 
 
 # --- rows -------------------------------------------------------------------------------------------------------
@@ -87,29 +78,6 @@ class BeirDataset:
 
 
 # --- JSON lines -------------------------------------------------------------------------------------------------
-
-
-def open_text(path: str | os.PathLike):
-    """Open a text file for reading, transparently gunzipping ``*.gz``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
-
-
-def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line number, object)`` for each non-blank line; a line that is not a JSON object raises."""
-    with open_text(path) as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(path, number, f"not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise DataFormatError(path, number, f"expected a JSON object, got {type(row).__name__}")
-            yield number, row
 
 
 def field(row: dict[str, Any], name: str, kind: type | tuple[type, ...], path, line: int, nonempty: bool = True):

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grit.jsonl import read_jsonl
+
 # task -> (metric, how it is shown). Perplexity is shown as is; its average term is exp(-nll_per_token).
 HEADLINE: dict[str, str] = {
     "stsb": "spearman",
@@ -170,7 +172,7 @@ def read_train_log(folder: str | Path) -> list[dict[str, Any]]:
     path = Path(folder) / "log.jsonl" if Path(folder).is_dir() else Path(folder)
     if not path.is_file():
         raise FileNotFoundError(f"no log.jsonl in {folder}; is it a grit train output_dir?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [record for _, record in read_jsonl(path)]
 
 
 def training_summary(records: Sequence[dict[str, Any]]) -> dict[str, float]:

@@ -12,15 +12,13 @@ counted in one warning (BEIR corpora have a few).
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from grit.text import check_text
+from grit.jsonl import DataFormatError, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -122,17 +120,12 @@ def first_heading(text: str) -> str:
 
 
 def _read_json_lines(file: Path) -> Iterator[tuple[Document, str]]:
-    opener = gzip.open if file.name.endswith(".gz") else open
-    with opener(file, "rt", encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+    try:
+        for number, doc in read_jsonl(file, objects=False, parse=lambda row: row):
             where = f"{file}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DocumentError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            yield _parse_row(row, where), where
+            yield _parse_row(doc, where), where
+    except DataFormatError as e:
+        raise DocumentError(str(e)) from None
 
 
 def _parse_row(row: object, where: str) -> Document:
@@ -150,9 +143,4 @@ def _parse_row(row: object, where: str) -> Document:
         raise DocumentError(f"{where}: document {doc_id!r} needs a string 'text', got {type(text).__name__}")
     if not isinstance(title, str):
         raise DocumentError(f"{where}: document {doc_id!r} has a non-string 'title' ({type(title).__name__})")
-    try:
-        for what, value in (("id", doc_id), ("title", title), ("text", text)):
-            check_text(value, f"{where}: document {what}")
-    except ValueError as e:
-        raise DocumentError(str(e)) from None
-    return Document(doc_id, text, title)
+    return Document(doc_id, text, title)  # its strings are valid Unicode: grit.jsonl checked them

@@ -35,6 +35,7 @@ import faiss
 import numpy as np
 
 from grit.instructions import DEFAULT_QUERY_INSTRUCTION
+from grit.jsonl import DataFormatError, read_jsonl
 from grit.loading import write_folder_atomically
 from grit.rag import kvstore
 from grit.rag import manifest as mf
@@ -387,9 +388,8 @@ class Index:
 
 
 def _read_lines(path: Path) -> Iterable[dict]:
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as e:
-                raise mf.IndexFormatError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+    try:
+        for _, row in read_jsonl(path):
+            yield row
+    except DataFormatError as e:
+        raise mf.IndexFormatError(str(e)) from None

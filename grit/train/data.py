@@ -17,8 +17,6 @@ into mixed batches; we drop them instead, so the rule has no exception, and resh
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -27,20 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from grit.formats import Message, as_messages
+from grit.jsonl import DataFormatError, read_jsonl
 from grit.splits import is_held_out
-from grit.text import check_text, invalid_string
 
 log = logging.getLogger(__name__)
 
 Text = tuple[str, str]  # (instruction, text); instruction "" for none
-
-
-class DataFormatError(ValueError):
-    """A line of a data file does not hold a valid example. ``str(e)`` starts with ``path:line:``."""
-
-    def __init__(self, path: str | Path, line: int | None, message: str):
-        self.path, self.line = str(path), line
-        super().__init__(f"{path}:{line}: {message}" if line else f"{path}: {message}")
 
 
 @dataclass
@@ -151,43 +141,27 @@ def parse_generative(obj: Any) -> GenerativeExample:
 # --- reading files -----------------------------------------------------------------------------------------------
 
 
-def read_jsonl(
+def read_dataset(
     path: str | Path, parse: Callable[[Any], Any], skip_bad_lines: bool = False, exclude_heldout: bool = False
 ) -> Dataset:
-    """Parse every non-blank line of a ``.jsonl`` or ``.jsonl.gz`` file with ``parse``; with ``exclude_heldout``,
-    leave out the rows ``grit.splits`` keeps for evaluation."""
+    """Parse every non-blank line of a ``.jsonl`` or ``.jsonl.gz`` file with ``parse`` (``grit.jsonl``); with
+    ``exclude_heldout``, leave out the rows ``grit.splits`` keeps for evaluation."""
     path = Path(path)
     if not path.name.endswith((".jsonl", ".jsonl.gz")):
         raise ValueError(f"data file {str(path)!r} must be .jsonl or .jsonl.gz")
     if not path.is_file():
         raise FileNotFoundError(f"data file {str(path)!r} does not exist")
-    opener = gzip.open if path.name.endswith(".gz") else open
-    examples, bad, first_error, held_out = [], 0, None, 0
-    lineno = 0
-    with opener(path, "rb") as f:
-        try:
-            for lineno, raw in enumerate(f, 1):
-                try:
-                    line = raw.decode("utf-8")
-                    if not line.strip():
-                        continue
-                    obj = json.loads(line)
-                    if found := invalid_string(obj):
-                        check_text(found[1], found[0])  # a ValueError: reported with file and line below
-                    if exclude_heldout and isinstance(obj, dict) and is_held_out(obj):
-                        held_out += 1
-                        continue
-                    examples.append(parse(obj))
-                except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
-                    error = DataFormatError(path, lineno, str(e))
-                    if not skip_bad_lines:
-                        raise error from None
-                    bad += 1
-                    first_error = first_error or error
-        except (gzip.BadGzipFile, EOFError) as e:
-            raise DataFormatError(path, lineno + 1, f"corrupt gzip data: {e}") from None
+
+    def parse_row(obj: Any) -> Any:
+        return HELD_OUT if exclude_heldout and isinstance(obj, dict) and is_held_out(obj) else parse(obj)
+
+    skipped: list[DataFormatError] = []
+    rows = [row for _, row in read_jsonl(path, parse_row, objects=False, skip_bad_lines=skip_bad_lines,
+                                         skipped=skipped)]  # fmt: skip
+    examples = [row for row in rows if row is not HELD_OUT]
+    held_out, bad = len(rows) - len(examples), len(skipped)
     if bad:
-        log.warning("%s: skipped %d malformed of %d lines; first: %s", path, bad, bad + len(examples), first_error)
+        log.warning("%s: skipped %d malformed of %d lines; first: %s", path, bad, bad + len(rows), skipped[0])
     if held_out:
         log.info("%s: left out %d rows held out for evaluation (grit.splits)", path, held_out)
     if not examples:
@@ -195,10 +169,13 @@ def read_jsonl(
     return Dataset(path, examples, bad, held_out)
 
 
+HELD_OUT = object()  # what ``read_dataset`` parses a held-out row into
+
+
 def read_embedding_files(
     paths: Sequence[str | Path], skip_bad_lines: bool = False, exclude_heldout: bool = False
 ) -> list[Dataset]:
-    return [read_jsonl(p, parse_embedding, skip_bad_lines, exclude_heldout) for p in paths]
+    return [read_dataset(p, parse_embedding, skip_bad_lines, exclude_heldout) for p in paths]
 
 
 def add_default_instructions(datasets: Sequence[Dataset], query: str, passage: str) -> None:
@@ -245,7 +222,7 @@ def answer_words(example: GenerativeExample) -> int:
 def read_generative_files(
     paths: Sequence[str | Path], skip_bad_lines: bool = False, exclude_heldout: bool = False
 ) -> list[Dataset]:
-    return [read_jsonl(p, parse_generative, skip_bad_lines, exclude_heldout) for p in paths]
+    return [read_dataset(p, parse_generative, skip_bad_lines, exclude_heldout) for p in paths]
 
 
 # --- batches -----------------------------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ since per-step losses of small batches are noisy.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
+
+from grit.jsonl import read_jsonl
 
 PANELS = (("loss_emb", "contrastive loss (embedding)"), ("loss_gen", "next-token loss (generative)"))
 
@@ -19,7 +20,7 @@ def read_log(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "log.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; is {str(run_dir)!r} a training output_dir?")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [record for _, record in read_jsonl(path)]
     if not records:
         raise ValueError(f"{path} has no steps yet")
     return records

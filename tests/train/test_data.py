@@ -20,9 +20,9 @@ from grit.train.data import (
     embedding_groups,
     example_rng,
     parse_embedding,
+    read_dataset,
     read_embedding_files,
     read_generative_files,
-    read_jsonl,
 )
 
 
@@ -88,7 +88,7 @@ def test_malformed_embedding_line_names_file_and_line(tmp_path, line, message):
     with pytest.raises(DataFormatError, match=message) as info:
         read_embedding_files([path])
     assert str(info.value).startswith(f"{path}:3: ")
-    assert info.value.line == 3 and info.value.path == str(path)
+    assert info.value.line == 3 and info.value.path == path
 
 
 @pytest.mark.parametrize(
@@ -113,7 +113,7 @@ def test_malformed_generative_line(tmp_path, row, message):
 def test_invalid_utf8_is_a_format_error(tmp_path):
     path = tmp_path / "bytes.jsonl"
     path.write_bytes(b'{"text": "fine"}\n{"text": "\xff"}\n')
-    with pytest.raises(DataFormatError, match=r"bytes.jsonl:2: .*utf-8"):
+    with pytest.raises(DataFormatError, match=r"bytes.jsonl:2: not UTF-8 text"):
         read_generative_files([path])
 
 
@@ -134,9 +134,9 @@ def test_file_without_valid_examples_is_an_error(tmp_path):
 
 def test_file_name_and_existence_are_checked(tmp_path):
     with pytest.raises(ValueError, match=".jsonl or .jsonl.gz"):
-        read_jsonl(tmp_path / "data.json", parse_embedding)
+        read_dataset(tmp_path / "data.json", parse_embedding)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        read_jsonl(tmp_path / "missing.jsonl", parse_embedding)
+        read_dataset(tmp_path / "missing.jsonl", parse_embedding)
 
 
 # --- hard negatives ----------------------------------------------------------------------------------------------
