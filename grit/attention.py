@@ -45,16 +45,24 @@ def hidden_states(
 @torch.inference_mode()
 def check_bidirectional(base_model: torch.nn.Module, model_path: str = "") -> None:
     """Refuse an architecture that ignores the 4-D mask: the first token must see a change to the last one."""
+    from grit.loading import UnsupportedModelError
+
     device = next(base_model.parameters()).device
     ids = torch.tensor([[5, 6, 7, 8], [5, 6, 7, 9]], device=device)
     ones = torch.ones_like(ids)
-    bi = hidden_states(base_model, ids, ones, bidirectional=True)[:, 0]
-    causal = hidden_states(base_model, ids, ones, bidirectional=False)[:, 0]
+    arch = getattr(base_model.config, "model_type", "?")
+    advice = (
+        "so grit cannot give it bidirectional attention for embedding; use a Llama/Mistral/Qwen2/Gemma-style decoder"
+    )
+    try:
+        bi = hidden_states(base_model, ids, ones, bidirectional=True)[:, 0]
+        causal = hidden_states(base_model, ids, ones, bidirectional=False)[:, 0]
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:  # ALiBi (Bloom, Falcon) builds its own bias
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnsupportedModelError(
+            f"model {model_path!r} ({arch}) fails on a 4-D attention mask ({type(e).__name__}: {first}), {advice}"
+        ) from None
     seen = (bi[0] - bi[1]).abs().max().item()  # > 0: the first token saw the last
     leak = (causal[0] - causal[1]).abs().max().item()  # ~0: causal attention does not look ahead
     if seen == 0 or seen <= 10 * leak:
-        arch = getattr(base_model.config, "model_type", "?")
-        raise ValueError(
-            f"model {model_path!r} ({arch}) does not honour a 4-D attention mask, so grit cannot give it "
-            "bidirectional attention for embedding; use a Llama/Mistral/Qwen2/Gemma-style decoder"
-        )
+        raise UnsupportedModelError(f"model {model_path!r} ({arch}) does not honour a 4-D attention mask, {advice}")

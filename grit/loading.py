@@ -259,8 +259,17 @@ def decoder_model_types() -> set[str]:
     )
 
 
+# Decoders that mix tokens outside attention too (state-space, recurrent or convolution layers), which no attention
+# mask reaches: parts of them stay causal, so a "bidirectional" embedding would be neither one thing nor the other.
+RECURRENT_MODEL_TYPES = frozenset({
+    "mamba", "mamba2", "falcon_mamba", "rwkv", "jamba", "zamba", "zamba2", "bamba", "granitemoehybrid", "lfm2",
+    "lfm2_moe", "recurrent_gemma", "xlstm", "nemotron_h", "falcon_h1", "minimax", "qwen3_next", "plamo2",
+})  # fmt: skip
+
+
 def check_architecture(folder: Path) -> str:
-    """The folder's ``model_type``, refused unless it is a decoder-only LM transformers can load."""
+    """The folder's ``model_type``, refused unless it is a decoder-only LM transformers can load and grit can give
+    bidirectional attention."""
     try:
         model_type = json.loads((folder / "config.json").read_text()).get("model_type")
     except (OSError, json.JSONDecodeError) as e:
@@ -269,5 +278,11 @@ def check_architecture(folder: Path) -> str:
         raise UnsupportedModelError(
             f"model at {str(folder)!r} has model_type {model_type!r}, which is not a decoder language model "
             "transformers can load (expected e.g. llama, mistral, qwen2, gemma)"
+        )
+    if model_type in RECURRENT_MODEL_TYPES:
+        raise UnsupportedModelError(
+            f"model at {str(folder)!r} is a {model_type}, which mixes tokens with recurrent, state-space or "
+            "convolution layers that an attention mask does not reach, so grit cannot give it bidirectional "
+            "attention for embedding; use a Llama/Mistral/Qwen2/Gemma-style decoder"
         )
     return model_type

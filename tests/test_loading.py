@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -200,3 +201,53 @@ def test_command_line_model_names():
     assert model_source(None) == model_source("default") == {"path": None}
     assert model_source("base") == {"path": None, "base_only": True}
     assert model_source("runs/x/final") == {"path": "runs/x/final"}
+
+
+def other_architecture(kind: str, folder, tokenizer_folder):
+    """A tiny random model of another architecture, saved with the tiny Llama's tokenizer."""
+    import transformers as T
+
+    tokenizer = T.AutoTokenizer.from_pretrained(tokenizer_folder)
+    vocab = len(tokenizer)
+    config = {
+        "bloom": lambda: T.BloomConfig(vocab_size=vocab, hidden_size=32, n_layer=2, n_head=4),
+        "falcon": lambda: T.FalconConfig(
+            vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, alibi=True
+        ),  # fmt: skip
+        "mamba": lambda: T.MambaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2),
+        "rwkv": lambda: T.RwkvConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2),
+        "lfm2": lambda: T.Lfm2Config(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        ),  # fmt: skip
+    }[kind]()
+    T.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("kind", "says"),
+    [
+        ("bloom", "fails on a 4-D attention mask (ValueError"),  # ALiBi builds its own attention bias
+        ("falcon", "fails on a 4-D attention mask (ValueError"),
+        ("mamba", "mixes tokens with recurrent, state-space or convolution layers"),
+        ("rwkv", "mixes tokens with recurrent, state-space or convolution layers"),
+        ("lfm2", "mixes tokens with recurrent, state-space or convolution layers"),
+    ],
+)
+def test_architectures_without_bidirectional_attention_are_one_clear_error(tiny_model_path, tmp_path, capsys, kind,
+                                                                           says):  # fmt: skip
+    from grit.cli import main
+
+    folder = other_architecture(kind, tmp_path / kind, tiny_model_path)
+    capsys.readouterr()  # the progress bars of saving it
+    with pytest.raises(UnsupportedModelError, match=re.escape(says)):
+        GritModel.load(folder)
+    assert main(["info", "--model", str(folder)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("grit: error: ") and says in errors[0]  # one line, no traceback
