@@ -1,8 +1,17 @@
-"""grit: one language model for text embedding and text generation (GRIT), with KV-cache reuse for fast RAG."""
+"""grit: one language model for text embedding and text generation (GRIT), with KV-cache reuse for fast RAG.
 
-from grit.formats import PromptFormat
-from grit.loading import ModelNotFoundError, UnsupportedModelError
-from grit.model import GritModel
+The names below are imported when first used (``grit.lazy``), so ``import grit`` and ``grit --help`` stay light:
+torch and transformers load with the model.
+"""
 
-__all__ = ["GritModel", "ModelNotFoundError", "PromptFormat", "UnsupportedModelError"]
+from grit.lazy import lazy_exports
+
 __version__ = "0.1.0"
+_EXPORTS = {
+    "GritModel": "grit.model",
+    "PromptFormat": "grit.formats",
+    "ModelNotFoundError": "grit.loading",
+    "UnsupportedModelError": "grit.loading",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -18,8 +18,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from grit.identity import SavedSettings, file_digest
 
 log = logging.getLogger(__name__)
@@ -156,6 +154,7 @@ def convert_gguf(gguf: Path) -> Path:
     target = converted_folder(gguf)
     if is_complete(target):
         return target
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     def fill(tmp: Path) -> None:
@@ -179,7 +178,7 @@ def convert_gguf(gguf: Path) -> Path:
     return write_folder_atomically(target, fill, replace=target.exists())
 
 
-def drop_gguf_quantizer(model: torch.nn.Module, gguf: Path) -> None:
+def drop_gguf_quantizer(model, gguf: Path) -> None:
     """transformers dequantizes GGUF blocks into plain float weights on CPU, but keeps the GGUF quantizer attached,
     which refuses ``save_pretrained``. Once every weight is a plain float tensor the quantizer describes nothing
     left in the model, so it is detached and the float weights are saved as an ordinary checkpoint."""

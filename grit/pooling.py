@@ -7,9 +7,10 @@ sentence-transformers' ``Pooling(include_prompt=False)``).
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
-import torch
+if TYPE_CHECKING:  # the names below are read by configs that must not need torch (`grit train --help`)
+    import torch
 
 Pooling = Literal["mean", "weighted_mean", "last", "cls"]
 POOLINGS: tuple[str, ...] = get_args(Pooling)
@@ -26,6 +27,8 @@ def pool(hidden: torch.Tensor, text_mask: torch.Tensor, pooling: Pooling = "mean
     mean: average of the text tokens. weighted_mean: weights 1, 2, ..., n over the text tokens, so later tokens,
     which have seen more context, count more (SGPT). last: the last text token. cls: the first text token.
     """
+    import torch
+
     check_pooling(pooling)
     mask = text_mask.to(torch.float32)  # (B, T)
     if bool((mask.sum(-1) == 0).any()):

@@ -18,30 +18,26 @@ Example:
     {'model': 'SmolLM2-135M-Instruct...', 'task': 'stsb', 'metric': 'spearman', 'value': 0.5..., ...}
 """
 
-from grit.eval.data import DataFormatError
-from grit.eval.embedding_tasks import ClassificationTask, RetrievalTask, STSTask
-from grit.eval.encoders import BM25Retriever, SentenceTransformerEncoder, load_minilm
-from grit.eval.generative_tasks import InstructionTask, PerplexityTask, ReadingQATask
-from grit.eval.mteb_adapter import MtebEncoder
-from grit.eval.run import SUITES, build_suite, default_baselines, run
-from grit.eval.tasks import Scores, Task
+from grit.lazy import lazy_exports
 
-__all__ = [
-    "SUITES",
-    "BM25Retriever",
-    "ClassificationTask",
-    "DataFormatError",
-    "InstructionTask",
-    "MtebEncoder",
-    "PerplexityTask",
-    "ReadingQATask",
-    "RetrievalTask",
-    "STSTask",
-    "Scores",
-    "SentenceTransformerEncoder",
-    "Task",
-    "build_suite",
-    "default_baselines",
-    "load_minilm",
-    "run",
-]
+_EXPORTS = {
+    "DataFormatError": "grit.eval.data",
+    "ClassificationTask": "grit.eval.embedding_tasks",
+    "RetrievalTask": "grit.eval.embedding_tasks",
+    "STSTask": "grit.eval.embedding_tasks",
+    "BM25Retriever": "grit.eval.encoders",
+    "SentenceTransformerEncoder": "grit.eval.encoders",
+    "load_minilm": "grit.eval.encoders",
+    "InstructionTask": "grit.eval.generative_tasks",
+    "PerplexityTask": "grit.eval.generative_tasks",
+    "ReadingQATask": "grit.eval.generative_tasks",
+    "MtebEncoder": "grit.eval.mteb_adapter",
+    "SUITES": "grit.eval.run",
+    "build_suite": "grit.eval.run",
+    "default_baselines": "grit.eval.run",
+    "run": "grit.eval.run",
+    "Scores": "grit.eval.tasks",
+    "Task": "grit.eval.tasks",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

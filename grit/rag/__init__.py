@@ -8,29 +8,26 @@ index.py      Index: add, delete, search, save, load
 cli.py        `grit index build | add | delete | search`
 """
 
-from grit.rag.answer import CACHE_MODES, RAG, Answer, RagFormat
-from grit.rag.chunking import Chunk, ChunkConfig, chunk_documents
-from grit.rag.documents import Document, DocumentError, load_documents
-from grit.rag.index import DEFAULT_QUERY_INSTRUCTION, Hit, Index, IndexConfig
-from grit.rag.manifest import IndexFormatError, ModelMismatchError
-from grit.rag.store import StoreConfig
+from grit.lazy import lazy_exports
 
-__all__ = [
-    "CACHE_MODES",
-    "RAG",
-    "Answer",
-    "RagFormat",
-    "DEFAULT_QUERY_INSTRUCTION",
-    "Chunk",
-    "ChunkConfig",
-    "Document",
-    "DocumentError",
-    "Hit",
-    "Index",
-    "IndexConfig",
-    "IndexFormatError",
-    "ModelMismatchError",
-    "StoreConfig",
-    "chunk_documents",
-    "load_documents",
-]
+_EXPORTS = {
+    "CACHE_MODES": "grit.rag.answer",
+    "RAG": "grit.rag.answer",
+    "Answer": "grit.rag.answer",
+    "RagFormat": "grit.rag.answer",
+    "Chunk": "grit.rag.chunking",
+    "ChunkConfig": "grit.rag.chunking",
+    "chunk_documents": "grit.rag.chunking",
+    "Document": "grit.rag.documents",
+    "DocumentError": "grit.rag.documents",
+    "load_documents": "grit.rag.documents",
+    "DEFAULT_QUERY_INSTRUCTION": "grit.rag.index",
+    "Hit": "grit.rag.index",
+    "Index": "grit.rag.index",
+    "IndexConfig": "grit.rag.index",
+    "IndexFormatError": "grit.rag.manifest",
+    "ModelMismatchError": "grit.rag.manifest",
+    "StoreConfig": "grit.rag.store",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

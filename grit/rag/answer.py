@@ -38,7 +38,6 @@ from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
 
 import torch
 
@@ -48,12 +47,10 @@ from grit.hardware import dtype_name
 from grit.kvcache import CacheAttention, SpanCache, compute_cache, join_caches, span_fits
 from grit.model import GritModel
 from grit.rag.kvstore import CacheKey, KVStore, store_folder
+from grit.rag.modes import CACHE_MODES, CacheMode
 from grit.text import check_text
 
 log = logging.getLogger(__name__)
-
-CacheMode = Literal["none", "doc", "query", "doc_query", "query_doc"]
-CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
 
 
 @dataclass(frozen=True)

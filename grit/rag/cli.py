@@ -13,10 +13,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from grit.cli import add_model_options, load_model
+from grit.instructions import DEFAULT_QUERY_INSTRUCTION
 from grit.rag.chunking import ChunkConfig
 from grit.rag.documents import load_documents
-from grit.rag.index import DEFAULT_QUERY_INSTRUCTION, Index, IndexConfig
 from grit.rag.manifest import is_index_folder, read_manifest
+from grit.rag.modes import CACHE_MODES, CACHE_SOURCES
 from grit.rag.store import CODECS, KINDS, StoreConfig
 
 USAGE = """\
@@ -87,6 +88,8 @@ def load_index_model(args: argparse.Namespace, index_folder: Path | None = None)
 
 
 def cmd_build(args: argparse.Namespace) -> None:
+    from grit.rag.index import Index, IndexConfig
+
     if args.out.exists() and not (args.overwrite and is_index_folder(args.out)):
         what = "an index; pass --overwrite to replace it" if is_index_folder(args.out) else "not an index"
         raise FileExistsError(f"{args.out} already exists and is {what}")
@@ -108,6 +111,8 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 
 def cmd_add(args: argparse.Namespace) -> None:
+    from grit.rag.index import Index
+
     documents = load_documents(args.docs)
     index = Index.load(args.index, load_index_model(args, args.index))
     added = index.add(documents, replace=args.replace)
@@ -116,6 +121,8 @@ def cmd_add(args: argparse.Namespace) -> None:
 
 
 def cmd_delete(args: argparse.Namespace) -> None:
+    from grit.rag.index import Index
+
     index = Index.load(args.index)
     removed = index.delete(args.ids)
     index.save(args.index)
@@ -123,6 +130,8 @@ def cmd_delete(args: argparse.Namespace) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> None:
+    from grit.rag.index import Index
+
     index = Index.load(args.index, load_index_model(args, args.index))
     hits = index.search(args.query, k=args.k, per_document=args.per_document)
     if args.json:
@@ -153,13 +162,10 @@ grit rag cache INDEX [--cache-source S]        compute every chunk's KV cache ah
 
 def add_rag_commands(subparsers) -> argparse.ArgumentParser:
     """Add the `rag` command (ask / cache) to an argparse subparsers object."""
-    from grit.kvcache import CacheAttention
-    from grit.rag.answer import CACHE_MODES
-
     parser = subparsers.add_parser("rag", help="answer questions from an index", description=RAG_USAGE,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = parser.add_subparsers(dest="rag_command", required=True)
-    sources = list(CacheAttention.__args__)
+    sources = list(CACHE_SOURCES)
     p = sub.add_parser("ask", help="retrieve and answer, streaming")
     p.add_argument("index", type=Path)
     p.add_argument("question")

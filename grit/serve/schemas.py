@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from grit.generation import SEED_MAX, SEED_MIN
-from grit.rag.answer import CACHE_MODES
+from grit.rag.modes import CACHE_MODES
 
 MAX_STOPS = 4  # OpenAI's limit
 MAX_STOP_CHARS = 64  # a stop string longer than this is a prompt, not a delimiter (and costs the matcher per char)

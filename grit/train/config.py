@@ -19,11 +19,13 @@ import re
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from grit.hardware import Placement, dtype_name
 from grit.identity import TRAIN_CONFIG
 from grit.pooling import Pooling
+
+if TYPE_CHECKING:  # grit.hardware imports torch; a config (and `grit train --help`) does not need it
+    from grit.hardware import Placement
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +247,8 @@ class TrainConfig:
 
     def resolved(self, placement: Placement) -> TrainConfig:
         """This config with device, dtype and threads as they run (no "auto"): what train_config.json records."""
+        from grit.hardware import dtype_name
+
         return dataclasses.replace(
             self, device=str(placement.device), dtype=dtype_name(placement.dtype), threads=placement.threads
         )

@@ -21,8 +21,9 @@ def test_arguments():
     assert (args.model, args.suite, args.limit, args.baselines, args.out) == ("default", "full", 5, True, None)
     with pytest.raises(SystemExit):
         parser().parse_args(["eval", "m", "--limit", "0"])
-    with pytest.raises(SystemExit):
-        parser().parse_args(["eval", "m", "--suite", "nope"])
+    args = parser().parse_args(["eval", "m", "--suite", "nope"])  # checked by build_suite, before the model loads
+    with pytest.raises(ValueError, match="unknown suite 'nope'; choose one of quick, compare, standard, full"):
+        args.handler(args)
     assert default_out_dir("/models/SmolLM2.Q4_1.gguf", "quick").name.endswith("-SmolLM2.Q4_1-quick")
 
 
