@@ -80,6 +80,15 @@ class Generation:
     finish_reason: Literal["stop", "length", "cancelled", ""] = ""
 
 
+@dataclass
+class Stream:
+    """A generation being streamed: iterate ``pieces`` for the text as it is decoded (closing it early stops the
+    model); ``result`` holds the whole text, token counts and finish reason once ``pieces`` is exhausted."""
+
+    pieces: Iterator[str]
+    result: Generation
+
+
 class Gate(Protocol):
     """Exclusive use of the model (see ``grit.serve.scheduler.FairGate``)."""
 

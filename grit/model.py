@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from grit.generation import SamplingParams
 from grit.hardware import Placement
 from grit.identity import SAVED_CONFIG, ModelIdentity, SavedSettings
 from grit.instructions import DEFAULT_QUERY_INSTRUCTION
-from grit.kvcache import SpanCache
+from grit.kvcache import CacheAttention, SpanCache, compute_cache, join_caches, span_fits
 from grit.pooling import Pooling, check_pooling
 from grit.quantize import Precision, quantize
 from grit.text import check_text
@@ -354,6 +355,123 @@ class GritModel:
             (tmp / SAVED_CONFIG).write_text(json.dumps(settings, indent=2) + "\n")
 
         return loading.write_folder_atomically(target, fill)
+
+    # --- the facade: what RAG, the server and evaluation build on (they touch neither lm nor tokenizer) -------
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def end_token_id(self) -> int:
+        """The token a generated answer ends with (the generation config's first end token, else the tokenizer's)."""
+        end = self.lm.generation_config.eos_token_id
+        end = end[0] if isinstance(end, list) else end
+        return self.tokenizer.eos_token_id if end is None else end
+
+    def token_ids(self, text: str) -> list[int]:
+        """``text``'s tokens as they appear inside a prompt (no special tokens added)."""
+        return self.tokenizer(check_text(text, "text"), add_special_tokens=False)["input_ids"]
+
+    def token_count(self, text: str) -> int:
+        return len(self.token_ids(text))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    def embedding_inputs(
+        self, texts: Sequence[str], instruction: str = "", max_length: int | None = None
+    ) -> list[embedding.EmbeddingInput]:
+        """What ``encode`` runs for each text: the ids of the embedding format, instruction and text, and which of
+        them are text tokens (pooled), cut to ``max_length`` tokens (None: not cut; ``truncated`` says so)."""
+        items, _ = embedding.check_texts(list(texts))
+        prefix = self.format.embed_prefix(check_text(instruction, "instruction"))
+        return embedding.tokenize(self.tokenizer, items, prefix, max_length or sys.maxsize)
+
+    def embedding_ids(self, text: str, instruction: str = "", max_length: int | None = None) -> list[int]:
+        """The token ids ``encode`` runs for ``text``, cut to ``max_length`` (default: the context) as encode cuts
+        them. A cached span of a document is exactly these."""
+        limit = min(max_length or self.context_length, self.context_length)
+        return self.embedding_inputs([text], instruction, limit)[0].ids
+
+    def chat_ids(self, messages: str | Sequence[Message], *, before: str = "", after: str = "") -> list[int]:
+        """Token ids of a chat prompt in the model's format, with the assistant's turn opened, between ``before``
+        and ``after`` (text around it, e.g. the newline after cached spans); no special tokens are added beyond
+        the template's own."""
+        prompt = generation.chat_prompt(self.tokenizer, as_messages(messages), self.format)
+        return self.tokenizer(before + prompt + after, add_special_tokens=False)["input_ids"]
+
+    def span_cache(self, ids: Sequence[int], attention: CacheAttention = "causal") -> SpanCache:
+        """The key/value states of the token span ``ids`` (at positions from 0), with causal or bidirectional
+        attention."""
+        return compute_cache(self.lm.base_model, ids, attention)
+
+    def span_fits(self, span: SpanCache) -> bool:
+        """Whether a cached span has this model's shapes (a file from another model does not)."""
+        return span_fits(self.lm.base_model, span)
+
+    def joined_cache(self, spans: Sequence[SpanCache], reposition: bool = True):
+        """Cached spans side by side as one cache that generation continues from, each re-rotated to its place."""
+        return join_caches(self.lm.base_model, spans, reposition)[0]
+
+    def as_ids(self, ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """(1, T) on the model's device, from a tensor or a list of token ids."""
+        tensor = ids if isinstance(ids, torch.Tensor) else torch.tensor([list(ids)], dtype=torch.long)
+        return tensor.reshape(1, -1).to(self.device)
+
+    def complete(
+        self, ids, params: SamplingParams, *, cache=None, cancel: threading.Event | None = None, gate=None
+    ) -> generation.Generation:
+        """Generate from prompt ids (``cache``: states of their first tokens, from ``joined_cache``) to the end;
+        ``gate``: the model's lock when it is shared, offered after each token."""
+        return generation.complete(self.lm, self.tokenizer, self.as_ids(ids), params, cache, cancel, gate)
+
+    def stream(
+        self, ids, params: SamplingParams, *, cache=None, cancel: threading.Event | None = None, gate=None
+    ) -> generation.Stream:
+        """``complete`` as a ``Stream``: text pieces as they are decoded, the result when they end."""
+        result = generation.Generation()
+        pieces = generation.stream_text(self.lm, self.tokenizer, self.as_ids(ids), params, cancel, cache, gate, result)
+        return generation.Stream(pieces, result)
+
+    def complete_many(
+        self, prompts: Sequence, params: SamplingParams, batch_size: int = 8, cancel=None, gate=None
+    ) -> list[generation.Generation]:
+        """``complete`` for many prompt ids, decoded ``batch_size`` at a time (``generation.complete_batch``)."""
+        ids = [self.as_ids(p) for p in prompts]
+        return generation.complete_batch(self.lm, self.tokenizer, ids, params, batch_size, cancel, gate)
+
+    @torch.inference_mode()
+    def target_nll(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int = 8, desc: str = ""):
+        """Summed negative log-likelihood of each target given its prompt (teacher forcing, causal), and the number
+        of target tokens: ``(nll, tokens)`` over all ``(prompt ids, target ids)`` pairs. Pairs of similar length run
+        together, right-padded."""
+        from tqdm.auto import tqdm
+
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        order = sorted(range(len(pairs)), key=lambda i: -sum(map(len, pairs[i])))
+        total_nll, total_tokens = 0.0, 0
+        for start in tqdm(range(0, len(order), batch_size), desc=desc or "likelihood", unit="batch"):
+            batch = [pairs[i] for i in order[start : start + batch_size]]
+            width = max(len(p) + len(t) for p, t in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            labels = torch.full((len(batch), width), -100, dtype=torch.long)  # -100: not scored
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, (p, t) in enumerate(batch):
+                ids[row, : len(p) + len(t)] = torch.tensor([*p, *t])
+                labels[row, len(p) : len(p) + len(t)] = torch.tensor(list(t))
+                mask[row, : len(p) + len(t)] = 1
+            logits = self.lm(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False
+            ).logits
+            # Token t is predicted from position t - 1: (B, T-1, V) against (B, T-1).
+            total_nll += float(
+                torch.nn.functional.cross_entropy(
+                    logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten().to(self.device), reduction="sum"
+                )
+            )
+            total_tokens += int((labels[:, 1:] != -100).sum())
+        return total_nll, total_tokens
 
     # --- generation --------------------------------------------------------------------------------------------
 

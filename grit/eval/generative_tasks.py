@@ -18,15 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from grit import generation
 from grit.eval import data, metrics
 from grit.eval.cache import EmbeddingCache
 from grit.eval.encoders import Generator
 from grit.eval.tasks import Scores, check_limit, min_limit
-from grit.formats import as_messages
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +33,12 @@ QA_PROMPT = (
 )
 
 
-def chat_ids(model: Any, messages: list[dict[str, str]]) -> list[int]:
-    """Token ids of the generation prompt for ``messages``, exactly as ``model.generate`` builds it."""
-    prompt = generation.chat_prompt(model.tokenizer, as_messages(messages), model.format)
-    return model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-
-
 def fits(model: Any, prompt: str | list[dict[str, str]], max_new_tokens: int) -> bool:
-    """Whether ``model.generate(prompt)`` fits in the context; True for a model without a tokenizer to ask."""
-    if not (hasattr(model, "tokenizer") and hasattr(model, "format") and hasattr(model, "context_length")):
+    """Whether ``model.generate(prompt)`` fits in the context; True for a model that cannot say (no ``chat_ids``)."""
+    if not (hasattr(model, "chat_ids") and hasattr(model, "context_length")):
         return True
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    return len(chat_ids(model, messages)) + max_new_tokens <= model.context_length
+    return len(model.chat_ids(messages)) + max_new_tokens <= model.context_length
 
 
 # Prompts decoded together by a model that can (GritModel.generate_batch): about twice the prompts per second on a
@@ -101,7 +92,9 @@ class PerplexityTask:
         check_limit(self.limit)
 
     def supports(self, model: Any) -> bool:
-        return all(hasattr(model, a) for a in ("lm", "tokenizer", "format", "context_length"))
+        return all(
+            hasattr(model, a) for a in ("target_nll", "chat_ids", "token_ids", "end_token_id", "context_length")
+        )
 
     def limited(self, n: int | None) -> PerplexityTask:
         return dataclasses.replace(self, limit=min_limit(self.limit, n))
@@ -109,17 +102,15 @@ class PerplexityTask:
     def examples(self, model: Any) -> tuple[list[tuple[list[int], list[int]]], dict[str, int]]:
         """(prompt ids, target ids) for each non-empty assistant turn, and counts of the turns left out (empty) or
         cut (an over-long turn loses its oldest prompt tokens; the answer is kept). Both are warned about."""
-        end = model.lm.generation_config.eos_token_id
-        end = end[0] if isinstance(end, list) else end
-        end = model.tokenizer.eos_token_id if end is None else end
+        end = model.end_token_id
         out, cut, empty = [], 0, 0
         for conv in data.sample(data.read_generative(self.path, self.heldout_only), self.limit):
             for turn in range(1, len(conv.turns), 2):
                 if not conv.turns[turn].strip():  # an empty answer says nothing about the text
                     empty += 1
                     continue
-                prompt = chat_ids(model, conv.messages(upto=turn))
-                target = model.tokenizer(conv.turns[turn], add_special_tokens=False)["input_ids"] + [end]
+                prompt = model.chat_ids(conv.messages(upto=turn))
+                target = model.token_ids(conv.turns[turn]) + [end]
                 overflow = len(prompt) + len(target) - model.context_length
                 if overflow > 0:
                     cut += 1
@@ -138,30 +129,9 @@ class PerplexityTask:
             )
         return out, {"empty_turns": empty, "cut_to_context": cut}
 
-    @torch.inference_mode()
     def evaluate(self, model: Any, cache: EmbeddingCache | None = None) -> Scores:
         examples, counts = self.examples(model)
-        pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-        order = sorted(range(len(examples)), key=lambda i: -sum(map(len, examples[i])))  # similar lengths together
-        total_nll, total_tokens = 0.0, 0
-        for start in tqdm(range(0, len(order), self.batch_size), desc=self.name, unit="batch"):
-            batch = [examples[i] for i in order[start : start + self.batch_size]]
-            width = max(len(p) + len(t) for p, t in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            labels = torch.full((len(batch), width), -100, dtype=torch.long)  # -100: not scored
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, (p, t) in enumerate(batch):
-                ids[row, : len(p) + len(t)] = torch.tensor(p + t)
-                labels[row, len(p) : len(p) + len(t)] = torch.tensor(t)
-                mask[row, : len(p) + len(t)] = 1
-            device = model.device
-            logits = model.lm(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
-            # Token t is predicted from position t - 1: (B, T-1, V) against (B, T-1).
-            batch_nll = torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten().to(device), reduction="sum"
-            )
-            total_nll += float(batch_nll)
-            total_tokens += int((labels[:, 1:] != -100).sum())
+        total_nll, total_tokens = model.target_nll(examples, self.batch_size, desc=self.name)
         nll = total_nll / total_tokens if total_tokens else float("nan")
         values = {"perplexity": math.exp(nll), "nll_per_token": nll}
         return Scores(values, len(examples), skipped=counts["empty_turns"], details={"tokens": total_tokens, **counts})

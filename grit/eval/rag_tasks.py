@@ -88,7 +88,7 @@ class RagQATask:
 
     def supports(self, model: Any) -> bool:
         # Needs one model that embeds, generates and exposes its key/value states: a GritModel.
-        return all(hasattr(model, a) for a in ("encode_with_cache", "lm", "tokenizer", "context_length"))
+        return all(hasattr(model, a) for a in ("encode_with_cache", "token_count", "complete", "context_length"))
 
     def limited(self, n: int | None) -> RagQATask:
         return dataclasses.replace(self, limit=min_limit(self.limit, n))
@@ -98,7 +98,7 @@ class RagQATask:
         rows = data.sample(data.held_out_examples(everything) if self.heldout_only else everything, self.limit)
         docs = corpus(rows, everything, self.corpus_size)
         gold = {d.text: d.id for d in docs}
-        longest = max(len(model.tokenizer(d.text, add_special_tokens=False)["input_ids"]) for d in docs)
+        longest = max(model.token_count(d.text) for d in docs)
         config = IndexConfig(
             chunking=ChunkConfig(chunk_tokens=longest + 8, overlap_tokens=0), max_length=model.context_length
         )  # fmt: skip  (one chunk per passage)

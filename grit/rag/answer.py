@@ -34,17 +34,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from grit import generation
-from grit.generation import Gate, Generation, SamplingParams
+from grit.generation import Gate, SamplingParams, Stream
 from grit.hardware import dtype_name
-from grit.kvcache import CacheAttention, SpanCache, compute_cache, join_caches, span_fits
+from grit.kvcache import CacheAttention, SpanCache
 from grit.model import GritModel
 from grit.rag.kvstore import CacheKey, KVStore, store_folder
 from grit.rag.modes import CACHE_MODES, CacheMode
@@ -144,18 +140,12 @@ class RAG:
 
     # --- spans -------------------------------------------------------------------------------------------------
 
-    def _span_ids(self, text: str, instruction: str, max_length: int) -> list[int]:
-        from grit.embedding import tokenize
-
-        prefix = self.model.format.embed_prefix(instruction)
-        return tokenize(self.model.tokenizer, [text], prefix, max_length)[0].ids
-
     def _compute_span(self, text: str, instruction: str, ids: list[int]) -> SpanCache:
         """A span's cache as the chosen source gives it; the bidirectional one is what ``encode_with_cache``
         returns, i.e. the index's own embedding pass."""
         if self.cache_source == "bidirectional":
             return self.model.encode_with_cache([text], instruction, max_length=self.model.context_length)[1][0]
-        return compute_cache(self.model.lm.base_model, ids, "causal")
+        return self.model.span_cache(ids, "causal")
 
     def cache_key(self, doc_id: str, ids: list[int]) -> CacheKey:
         """What a document span's cache is: this model, its dtype, the cache source and the exact token ids."""
@@ -164,11 +154,11 @@ class RAG:
     def _document_span(self, hit) -> tuple[SpanCache, CacheKey, bool]:
         """A hit's chunk cache, its key, and whether it was reused (from memory or the store) or computed now."""
         text, instruction = self.index.document_text(hit), self.index.config.document_instruction
-        ids = self._span_ids(text, instruction, self.model.context_length)
+        ids = self.model.embedding_ids(text, instruction)
         key = self.cache_key(hit.doc_id, ids)
         with self._lock:
             span = self.kv_store.get(key) if self.kv_store is not None else self._memory.get(key)
-            if span is not None and not span_fits(self.model.lm.base_model, span):
+            if span is not None and not self.model.span_fits(span):
                 log.warning("the cached KV states of %r do not fit this model's shapes; recomputing", hit.doc_id)
                 if self.kv_store is not None:
                     self.kv_store.delete(key)
@@ -233,11 +223,8 @@ class RAG:
     def _chat_ids(self, content: str, after_cache: bool) -> list[int]:
         """A user turn + assistant opening in the model's chat format. After cached spans it starts with a newline
         (GritLM's cache formats do) and no special tokens are added (the spans hold them)."""
-        prompt = generation.chat_prompt(
-            self.model.tokenizer, [{"role": "user", "content": content}], self.model.format
-        )
-        prompt = ("\n" if after_cache else "") + prompt + self.fmt.answer_prefix
-        return self.model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        before = "\n" if after_cache else ""
+        return self.model.chat_ids([{"role": "user", "content": content}], before=before, after=self.fmt.answer_prefix)
 
     def layout(self, question: str, hits, cache: CacheMode, query_span: SpanCache | None) -> Layout:
         docs = self.fmt.doc_separator.join(self.index.document_text(h) for h in hits)
@@ -261,7 +248,7 @@ class RAG:
             return self.index.search_vectors(self.model.encode(question, instruction, max_length=limit), k), None
         vectors, spans = self.model.encode_with_cache([question], instruction, max_length=limit)
         if self.cache_source == "causal":
-            spans = [compute_cache(self.model.lm.base_model, spans[0].ids, "causal")]
+            spans = [self.model.span_cache(spans[0].ids, "causal")]
         return self.index.search_vectors(vectors[0], k), spans[0]
 
     def question_limit(self, max_new_tokens: int) -> int:
@@ -269,12 +256,12 @@ class RAG:
         return (self.model.context_length - max_new_tokens) // 2
 
     def question_tokens(self, question: str) -> int:
-        return len(self.model.tokenizer(question, add_special_tokens=False)["input_ids"])
+        return self.model.token_count(question)
 
     def fit_question(self, question: str, max_new_tokens: int) -> str:
         """The question cut to half of what the context holds next to the answer: the other half is for the
         documents and the format around them (documents that still do not fit are dropped in ``prepare``)."""
-        ids = self.model.tokenizer(question, add_special_tokens=False)["input_ids"]
+        ids = self.model.token_ids(question)
         keep = self.question_limit(max_new_tokens)
         if keep < 1:
             raise ValueError(
@@ -283,7 +270,7 @@ class RAG:
         if len(ids) <= keep:
             return question
         log.warning("the question has %d tokens; cut to %d to leave room for documents and answer", len(ids), keep)
-        return self.model.tokenizer.decode(ids[:keep])
+        return self.model.decode(ids[:keep])
 
     def prepare(self, question: str, k: int, cache: CacheMode, max_new_tokens: int):
         if cache not in CACHE_MODES:
@@ -320,8 +307,8 @@ class RAG:
         generation starts from; under ``gate`` when the model is shared."""
         with gate.hold() if gate is not None else nullcontext():
             hits, layout, seconds = self.prepare(question, k, cache, max_new_tokens)
-            ids = torch.tensor([layout.ids], device=self.model.device)
-            past = join_caches(self.model.lm.base_model, layout.spans, self.reposition)[0] if layout.spans else None
+            ids = self.model.as_ids(layout.ids)
+            past = self.model.joined_cache(layout.spans, self.reposition) if layout.spans else None
         return hits, layout, seconds, ids, past
 
     def answer(
@@ -343,7 +330,7 @@ class RAG:
         params = SamplingParams(max_new_tokens, temperature, top_p, stop or [], seed, min_new_tokens)
         hits, layout, seconds, ids, past = self._generate_args(question, k, cache, max_new_tokens, gate)
         start = time.perf_counter()
-        result = generation.complete(self.model.lm, self.model.tokenizer, ids, params, past, gate=gate)
+        result = self.model.complete(ids, params, cache=past, gate=gate)
         seconds["generate"] = time.perf_counter() - start
         cached = sum(len(s) for s in layout.spans)
         return Answer(result.text, hits, cache, len(layout.ids), cached, seconds, result.completion_tokens,
@@ -358,14 +345,12 @@ class RAG:
         max_new_tokens: int = 64,
         gate: Gate | None = None,
         cancel: threading.Event | None = None,
-        outcome: Generation | None = None,
         **sampling,
-    ) -> tuple[list, Iterator[str]]:
-        """The hits, and an iterator of answer pieces (``outcome`` is filled in when it ends)."""
+    ) -> tuple[list, Stream]:
+        """The hits, and the answer as a ``Stream`` (``.pieces`` as they are decoded, ``.result`` when they end)."""
         params = SamplingParams(max_new_tokens, **sampling)
         hits, _, _, ids, past = self._generate_args(question, k, cache, max_new_tokens, gate)
-        pieces = generation.stream_text(self.model.lm, self.model.tokenizer, ids, params, cancel, past, gate, outcome)
-        return hits, pieces
+        return hits, self.model.stream(ids, params, cache=past, cancel=cancel, gate=gate)
 
     @classmethod
     def open(cls, folder: Path, model: GritModel, cache_source: CacheAttention = "causal") -> RAG:

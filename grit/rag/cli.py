@@ -193,10 +193,10 @@ def _rag(args: argparse.Namespace):
 
 def cmd_ask(args: argparse.Namespace) -> None:
     rag = _rag(args)
-    hits, pieces = rag.stream(args.question, k=args.k, cache=args.cache, max_new_tokens=args.max_new_tokens)
+    hits, stream = rag.stream(args.question, k=args.k, cache=args.cache, max_new_tokens=args.max_new_tokens)
     if args.show_hits:
         print(format_hits(hits) + "\n")
-    for piece in pieces:
+    for piece in stream.pieces:
         print(piece, end="", flush=True)
     print()
 

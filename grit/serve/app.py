@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,8 +31,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool
 
-from grit import generation
-from grit.generation import Generation, SamplingParams
+from grit.generation import Generation, SamplingParams, Stream
 from grit.model import GritModel
 from grit.serve.bodies import StrictJSONRoute
 from grit.serve.config import ServeConfig
@@ -220,13 +219,13 @@ def embedding_texts(server: Server, body: EmbeddingRequest) -> list[str]:
 
 def decode_ids(server: Server, ids: list[int]) -> str:
     """A token array's text."""
-    return server.model.tokenizer.decode(checked_ids(server, ids, "input"))
+    return server.model.decode(checked_ids(server, ids, "input"))
 
 
 def checked_ids(server: Server, ids: list[int], param: str) -> list[int]:
     """``ids``, if all are in the vocabulary: one outside is the client's error (the tokenizer would raise on a
     negative one and silently drop one too large, the embedding layer would index out of range)."""
-    vocab = len(server.model.tokenizer)
+    vocab = server.model.vocab_size
     bad = next((i for i in ids if not 0 <= i < vocab), None)
     if bad is not None:
         raise bad_request(f"token id {bad} is outside the model's vocabulary (0 to {vocab - 1})", param)
@@ -234,10 +233,11 @@ def checked_ids(server: Server, ids: list[int], param: str) -> list[int]:
 
 
 def count_tokens(server: Server, texts: list[str], instruction: str) -> tuple[list[int], int]:
-    """Tokens of each text alone, and of the instruction prefix."""
-    tokenizer = server.model.tokenizer
-    counts = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    prefix = len(tokenizer(server.model.format.embed_prefix(instruction), add_special_tokens=True)["input_ids"])
+    """Text tokens of each input as encode will run it, and the tokens of the format and instruction around them
+    (the most of any input)."""
+    inputs = server.model.embedding_inputs(texts, instruction)
+    counts = [sum(x.text_mask) for x in inputs]
+    prefix = max(len(x.ids) - n for x, n in zip(inputs, counts, strict=True))
     return counts, prefix
 
 
@@ -354,22 +354,18 @@ async def generate_route(server: Server, body: Sampling, request: Request, promp
     if body.stream:
         ids = all_ids[0]
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        outcome = Generation()
-        pieces = generation.stream_text(
-            server.model.lm, server.model.tokenizer, ids, params, cancel, None, server.gate, outcome
-        )
+        stream = server.model.stream(ids, params, cancel=cancel, gate=server.gate)
         server.admission.enter()
-        return stream_response(server, request, reply, include_usage, pieces, cancel, outcome)
+        return stream_response(server, request, reply, include_usage, stream, cancel)
     with server.admission.slot():
         watcher = asyncio.create_task(watch_disconnect(request, cancel))
         try:
-            lm, tokenizer = server.model.lm, server.model.tokenizer
+            model, gate = server.model, server.gate
             if len(all_ids) == 1:
-                args = (lm, tokenizer, all_ids[0], params, None, cancel, server.gate)
-                results = [await in_worker(server, generation.complete, *args)]
+                results = [await in_worker(server, model.complete, all_ids[0], params, cancel=cancel, gate=gate)]
             else:
-                args = (lm, tokenizer, all_ids, params, server.config.generate_batch_size, cancel, server.gate)
-                results = await in_worker(server, generation.complete_batch, *args)
+                batch = server.config.generate_batch_size
+                results = await in_worker(server, model.complete_many, all_ids, params, batch, cancel, gate)
         finally:
             cancel.set()
             watcher.cancel()
@@ -449,14 +445,13 @@ def stream_response(
     request: Request,
     reply: Reply,
     include_usage: bool,
-    pieces: Iterator[str],
+    stream: Stream,
     cancel: threading.Event,
-    outcome: Generation,
     first_event: dict | None = None,
 ) -> StreamingResponse:
-    """Server-sent events of a generation whose text ``pieces`` (a not yet started ``stream_text``) fill
-    ``outcome`` and stop on ``cancel``. The caller has entered ``server.admission``; the stream leaves it when it
-    ends, however it ends (also when the client left before the first byte and the stream never started)."""
+    """Server-sent events of a generation ``stream`` (not yet started) that stops on ``cancel``. The caller has
+    entered ``server.admission``; the stream leaves it when it ends, however it ends (also when the client left
+    before the first byte and the stream never started)."""
     leave = once(server.admission.leave)
 
     async def events() -> AsyncIterator[str]:
@@ -465,8 +460,9 @@ def stream_response(
                 yield sse(first_event)
             if reply.kind == "chat.completion":
                 yield sse(reply.chunk("", first=True))
-            async for piece in iterate_in_threadpool(pieces):
+            async for piece in iterate_in_threadpool(stream.pieces):
                 yield sse(reply.chunk(piece))
+            outcome = stream.result
             reason = outcome.finish_reason if outcome.finish_reason in ("stop", "length") else "stop"
             yield sse(reply.chunk(None, reason))
             if include_usage:
@@ -480,7 +476,7 @@ def stream_response(
                 # cancellation would hit this await too: shielded, the generation is closed and the place given
                 # back now, not when the garbage collector finds the response.
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(pieces.close)
+                    await anyio.to_thread.run_sync(stream.pieces.close)
             finally:
                 leave()
 
@@ -513,11 +509,11 @@ async def rag_answer_route(server: Server, body: RagRequest, request: Request):
                           "(half the context, the rest is for the documents)", "question")  # fmt: skip
     sampling = {"temperature": body.temperature, "top_p": body.top_p, "stop": body.stop or [], "seed": body.seed}
     if body.stream:
-        cancel, outcome = threading.Event(), Generation()
+        cancel = threading.Event()
         server.admission.enter()
         try:
-            hits, pieces = await asyncio.to_thread(rag.stream, body.question, body.k, cache, gate=server.gate,
-                                                   max_new_tokens=body.max_tokens, cancel=cancel, outcome=outcome,
+            hits, stream = await asyncio.to_thread(rag.stream, body.question, body.k, cache, gate=server.gate,
+                                                   max_new_tokens=body.max_tokens, cancel=cancel,
                                                    **sampling)  # fmt: skip
         except ValueError as e:
             server.admission.leave()
@@ -527,7 +523,7 @@ async def rag_answer_route(server: Server, body: RagRequest, request: Request):
             raise
         documents = {"object": "rag.documents", "cache": cache, "documents": [hit_dict(h) for h in hits]}
         reply = Reply(server.name, "chat.completion", 0)
-        return stream_response(server, request, reply, False, pieces, cancel, outcome, first_event=documents)
+        return stream_response(server, request, reply, False, stream, cancel, first_event=documents)
     with server.admission.slot():
         try:
             answer = await in_worker(server, rag.answer, body.question, body.k, cache,

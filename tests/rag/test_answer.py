@@ -53,8 +53,10 @@ def test_causal_cache_answer_equals_fresh_generation_of_the_same_tokens(tiny_gri
 
 def test_stream_matches_answer(tiny_grit, index):
     rag = RAG(tiny_grit, index)
-    hits, pieces = rag.stream("What does json expose?", k=1, cache="doc", max_new_tokens=6)
-    assert "".join(pieces) == rag.answer("What does json expose?", k=1, cache="doc", max_new_tokens=6).text
+    hits, stream = rag.stream("What does json expose?", k=1, cache="doc", max_new_tokens=6)
+    whole = rag.answer("What does json expose?", k=1, cache="doc", max_new_tokens=6)
+    assert "".join(stream.pieces) == whole.text == stream.result.text
+    assert stream.result.completion_tokens == whole.completion_tokens
     assert hits[0].doc_id in {d.id for d in DOCS}
 
 
