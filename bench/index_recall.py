@@ -25,9 +25,9 @@ import numpy as np
 from grit import GritModel
 from grit.eval.cache import EmbeddingCache
 from grit.eval.encoders import fingerprint, load_minilm, model_name
-from grit.instructions import side
 from grit.eval.run import build_suite
 from grit.eval.tasks import encode, normalize_rows
+from grit.instructions import side
 from grit.rag.store import StoreConfig, VectorStore
 
 OUT = Path(__file__).resolve().parent / "results"

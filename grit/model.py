@@ -73,6 +73,18 @@ def similarity(a, b, fn: SimilarityFn = "cosine"):
     return a @ b.T
 
 
+def sampling(params: SamplingParams | None, overrides: dict) -> SamplingParams:
+    """``params`` (default ``SamplingParams()``) with the keyword ``overrides`` of its fields; an unknown one is a
+    TypeError that names the fields there are."""
+    fields = {f.name for f in dataclasses.fields(SamplingParams)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise TypeError(f"unknown sampling option {unknown[0]!r}; the options are {', '.join(sorted(fields))}")
+    if params is not None and not isinstance(params, SamplingParams):
+        raise TypeError(f"params must be a grit.generation.SamplingParams, got {type(params).__name__}")
+    return dataclasses.replace(params or SamplingParams(), **overrides)
+
+
 @dataclass
 class GritModel:
     """A causal LM and its tokenizer, with GRIT's embedding and generation entry points. Build with ``load``."""
@@ -492,64 +504,55 @@ class GritModel:
         return self.prompt_ids(prompt_or_messages, params.max_new_tokens)
 
     def generate(
-        self,
-        prompt_or_messages: str | Sequence[Message],
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        stop: str | Sequence[str] | None = None,
-        seed: int | None = None,
+        self, prompt_or_messages: str | Sequence[Message], params: SamplingParams | None = None, **overrides
     ) -> str:
         """Answer a prompt or a chat (list of ``{"role", "content"}``) with causal attention; returns the text.
 
-        temperature 0 is greedy decoding. Generation ends at the model's end token, ``max_new_tokens``, or the first
-        stop string (which is not included in the text).
+        ``params`` (``grit.generation.SamplingParams``) and keyword overrides of its fields: ``max_new_tokens``
+        (256), ``temperature`` (0: greedy), ``top_p`` (1), ``stop`` (strings, not included in the text), ``seed``.
+        Generation ends at the model's end token, ``max_new_tokens``, or the first stop string.
+        Example:
+            >>> model.generate("Name a river.", max_new_tokens=16, temperature=0.7, seed=1)
         """
-        params = SamplingParams(max_new_tokens, temperature, top_p, stop or [], seed)
-        return generation.generate_text(self.lm, self.tokenizer, self._prompt_ids(prompt_or_messages, params), params)
+        params = sampling(params, overrides)
+        return self.complete(self._prompt_ids(prompt_or_messages, params), params).text
 
     def generate_batch(
         self,
         prompts: Sequence[str | Sequence[Message]],
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        stop: str | Sequence[str] | None = None,
-        seed: int | None = None,
+        params: SamplingParams | None = None,
+        *,
         batch_size: int = 8,
+        **overrides,
     ) -> list[str]:
         """``generate`` for many prompts or chats, ``batch_size`` decoded together (about twice the prompts per
         second on a 2-core CPU, bench/generate_batch.py); answers in input order, greedy ones equal to
         ``generate``'s. Every prompt is checked before any is generated: one that does not fit the context raises
         ValueError naming its index."""
-        params = SamplingParams(max_new_tokens, temperature, top_p, stop or [], seed)
+        params = sampling(params, overrides)
         ids = []
         for i, prompt in enumerate(prompts):
             try:
                 ids.append(self._prompt_ids(prompt, params))
             except ValueError as e:
                 raise ValueError(f"prompt {i}: {e}") from e
-        done = generation.complete_batch(self.lm, self.tokenizer, ids, params, batch_size)
-        return [g.text for g in done]
+        return [g.text for g in self.complete_many(ids, params, batch_size)]
 
     def chat(
         self,
         messages: str | Sequence[Message],
+        params: SamplingParams | None = None,
         *,
         stream: bool = True,
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        stop: str | Sequence[str] | None = None,
-        seed: int | None = None,
         cancel: threading.Event | None = None,
+        **overrides,
     ) -> Iterator[str] | str:
         """Like ``generate``; with ``stream=True`` returns an iterator of text pieces as they are produced.
 
         Stop iterating (or set ``cancel``) to end generation early.
         """
+        params = sampling(params, overrides)
         if not stream:
-            return self.generate(messages, max_new_tokens, temperature, top_p, stop, seed)
-        params = SamplingParams(max_new_tokens, temperature, top_p, stop or [], seed)
+            return self.generate(messages, params)
         ids = self._prompt_ids(messages, params)  # validate before the iterator is handed out
-        return generation.stream_text(self.lm, self.tokenizer, ids, params, cancel)
+        return self.stream(ids, params, cancel=cancel).pieces

@@ -197,3 +197,15 @@ def test_chunked_prefill_gives_the_logits_of_one_pass(tiny_grit, monkeypatch):
                             **cache_argument(cache)).logits[0, -1]  # fmt: skip
         fresh = tiny_grit.lm(input_ids=ids).logits[0, -1]
     assert (last - fresh).abs().max() < 1e-4
+
+
+def test_one_sampling_params_with_overrides(tiny_grit):
+    params = SamplingParams(max_new_tokens=6, temperature=0.9, seed=4)
+    assert tiny_grit.generate(PROMPT, params) == tiny_grit.generate(PROMPT, max_new_tokens=6, temperature=0.9, seed=4)
+    assert tiny_grit.generate(PROMPT, params, temperature=0.0) == tiny_grit.generate(PROMPT, max_new_tokens=6)
+    assert tiny_grit.generate_batch([PROMPT], params) == [tiny_grit.generate(PROMPT, params)]
+    assert "".join(tiny_grit.chat(PROMPT, params)) == tiny_grit.generate(PROMPT, params)
+    with pytest.raises(TypeError, match="unknown sampling option 'max_tokens'; the options are max_new_tokens"):
+        tiny_grit.generate(PROMPT, max_tokens=5)
+    with pytest.raises(TypeError, match="params must be a grit.generation.SamplingParams"):
+        tiny_grit.generate(PROMPT, 32)

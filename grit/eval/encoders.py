@@ -3,7 +3,7 @@
 A task asks only for what it needs, so any object with the right method takes part:
 
     Encoder    encode(texts, instruction="") -> (n, dim) float array     GritModel, SentenceTransformerEncoder
-    Generator  generate(prompt, max_new_tokens=..., stop=...) -> str    GritModel
+    Generator  generate(prompt, params=None, max_new_tokens=..., ...)  GritModel
     Retriever  index(docs); score(queries) -> (n_queries, n_docs)       BM25Retriever
 
 Baselines (``load_minilm``, ``BM25Retriever``) import their packages lazily; neither is a dependency of grit itself.
@@ -37,15 +37,7 @@ class Encoder(Protocol):
 
 @runtime_checkable
 class Generator(Protocol):
-    def generate(
-        self,
-        prompt_or_messages: Any,
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        stop: Any = None,
-        seed: int | None = None,
-    ) -> str: ...
+    def generate(self, prompt_or_messages: Any, params: Any = None, **overrides: Any) -> str: ...
 
 
 @runtime_checkable

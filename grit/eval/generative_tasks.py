@@ -57,7 +57,8 @@ def generate_all(model: Any, prompts: list[Any], max_new_tokens: int, desc: str)
         for start in range(0, len(fit), step):
             chunk = fit[start : start + step]
             if batched:
-                texts = batched([prompts[i] for i in chunk], max_new_tokens, 0.0, batch_size=GENERATION_BATCH)
+                texts = batched([prompts[i] for i in chunk], max_new_tokens=max_new_tokens, temperature=0.0,
+                                batch_size=GENERATION_BATCH)  # fmt: skip
             else:
                 texts = [model.generate(prompts[chunk[0]], max_new_tokens=max_new_tokens, temperature=0.0)]
             for i, text in zip(chunk, texts, strict=True):
