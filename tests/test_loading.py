@@ -196,7 +196,7 @@ def test_the_default_model_is_the_shipped_adapter_when_there_is_one(tiny_model_p
 
 
 def test_command_line_model_names():
-    from grit.cli import model_source
+    from grit.cli.common import model_source
 
     assert model_source(None) == model_source("default") == {"path": None}
     assert model_source("base") == {"path": None, "base_only": True}

@@ -9,7 +9,6 @@
     generative_tasks.py  PerplexityTask, ReadingQATask, InstructionTask
     mteb_adapter.py      MtebEncoder: run the mteb benchmark on a GritModel
     run.py               run(model, tasks, out_dir), the quick / full suites, results.json + results.md
-    cli.py               ``grit eval MODEL --suite quick``
 
 Example:
     >>> from grit import GritModel

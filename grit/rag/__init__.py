@@ -5,7 +5,6 @@ chunking.py   overlapping token windows, kept as exact character spans of the do
 store.py      FAISS: flat / HNSW / IVF over float32 / float16 / int8 vectors
 manifest.py   the index folder's manifest.json and the model identity that guards it
 index.py      Index: add, delete, search, save, load
-cli.py        `grit index build | add | delete | search`
 """
 
 from grit.lazy import lazy_exports

@@ -12,5 +12,4 @@ distributed.py  torchrun data parallel: shards, negatives gathered across proces
 checkpoint.py   resumable checkpoints (weights, optimizer, scheduler, samplers, RNG), written atomically
 trainer.py      train(config) -> final model folder: the loop, log.jsonl, progress bar
 plot.py         plot_loss(run_dir) -> loss.png
-cli.py          `grit train CONFIG [key=value ...]`, `grit plot-loss RUN_DIR`
 """

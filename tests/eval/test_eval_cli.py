@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from grit.eval.cli import add_eval_command, default_out_dir
+from grit.cli.eval import add_eval_command, default_out_dir
 
 
 def parser() -> argparse.ArgumentParser:

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from grit.cli import main
-from grit.rag.cli import format_hits
+from grit.cli.rag import format_hits
 from grit.rag.index import Hit, Index
 
 

@@ -354,7 +354,7 @@ def test_serve_refuses_an_open_network_address_and_an_empty_key_file(tiny_model_
 
 
 def test_the_api_key_can_come_from_a_file(tmp_path):
-    from grit.serve.cli import read_key_file
+    from grit.cli.serve import read_key_file
 
     (tmp_path / "key").write_text("sk-from-file\n")
     assert read_key_file(tmp_path / "key") == "sk-from-file" and read_key_file(None) is None

@@ -1,4 +1,4 @@
-"""The `grit` command line: one model for embeddings and chat.
+"""`grit info | encode | similarity | chat | demo`: the model itself, from the shell.
 
 grit info                                   model, dtype, threads, cache folder
 grit encode --instruction I < lines.txt     one embedding per input line (JSON lines, or --out x.npy)
@@ -16,64 +16,16 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
+from grit.cli.common import add_model_options, load_model
 
 log = logging.getLogger("grit")
 
-EXPECTED_ERRORS = (FileNotFoundError, ValueError, TypeError, OSError)
 DEMO_SENTENCES = [
     "A man is playing a guitar.",
     "Someone is playing an instrument.",
     "The stock market fell sharply today.",
     "Shares dropped at the close of trading.",
 ]
-
-
-MODEL_HELP = (
-    "HF folder, .gguf file or LoRA adapter folder; 'default' (also when left out): SmolLM2-135M-Instruct with "
-    "grit's GRIT adapter; 'base': SmolLM2-135M-Instruct alone"
-)
-
-
-def model_source(name: str | None) -> dict:
-    """``GritModel.load`` arguments for a model named on the command line: a path, or 'default' / 'base'."""
-    if name in (None, "default"):
-        return {"path": None}
-    if name == "base":
-        return {"path": None, "base_only": True}
-    return {"path": name}
-
-
-def add_model_options(parser: argparse.ArgumentParser, model_help: str = MODEL_HELP) -> None:
-    parser.add_argument("--model", default=None, help=model_help)
-    add_placement_options(parser)
-
-
-def add_placement_options(parser: argparse.ArgumentParser) -> None:
-    auto = "auto: $GRIT_{} when set, else"
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        help=f"auto | float32 | bfloat16 | float16 ({auto.format('DTYPE')} "
-        "the fastest native dtype: bfloat16 on GPUs and AMX/AVX512-BF16 CPUs, float32 elsewhere)",
-    )
-    parser.add_argument("--device", default="auto", help=f"auto | cpu | cuda[:N] ({auto.format('DEVICE')} the first "
-                        "GPU if any)")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: $GRIT_THREADS, else torch's)")
-
-
-def placement(args: argparse.Namespace):
-    """The command's device, dtype and threads, resolved once (``grit.hardware``); a bad value is a ValueError."""
-    from grit import hardware
-
-    return hardware.resolve_placement(args.device, args.dtype, getattr(args, "threads", None))
-
-
-def load_model(args: argparse.Namespace, name: str | None = None):
-    """The model named by ``name`` (default ``--model``), on the command's placement."""
-    from grit import GritModel
-
-    return GritModel.load(**model_source(name if name is not None else args.model), placement=placement(args))
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -107,6 +59,8 @@ def cmd_encode(args: argparse.Namespace) -> None:
     model = load_model(args)
     vectors = model.encode(texts, args.instruction, batch_size=args.batch_size, max_length=args.max_length)
     if args.out:
+        import numpy as np
+
         np.save(args.out, vectors)
         log.info("wrote %s %s to %s", vectors.shape, vectors.dtype, args.out)
         return
@@ -128,7 +82,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
     print()
 
 
-def print_matrix(labels: list[str], matrix: np.ndarray) -> None:
+def print_matrix(labels: list[str], matrix) -> None:
     print("      " + "".join(f"{i:>7d}" for i in range(len(labels))))
     for i, row in enumerate(matrix):
         print(f"{i:>4d}  " + "".join(f"{x:7.3f}" for x in row) + f"   {labels[i]}")
@@ -172,10 +126,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     demo_rag(model)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="grit", description="One language model for embeddings and generation.")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_model_commands(sub) -> None:
+    """Add info, encode, similarity, chat and demo to an argparse subparsers object."""
 
     def command(name: str, handler: Callable, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
@@ -199,37 +151,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0)
     command("demo", cmd_demo, "embed, compare and answer with one model")
-    # Feature commands live beside their features; imported here so `import grit.cli` stays light for them.
-    from grit.eval.cli import add_eval_command
-    from grit.eval.report import add_report_command
-    from grit.rag.cli import add_index_commands, add_rag_commands
-    from grit.serve.cli import add_serve_command
-    from grit.train.cli import add_train_commands
-
-    add_index_commands(sub)
-    add_rag_commands(sub)
-    add_eval_command(sub)
-    add_report_command(sub)
-    add_train_commands(sub)
-    add_serve_command(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        args.handler(args)
-    except EXPECTED_ERRORS as e:
-        print(f"grit: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("grit: interrupted", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

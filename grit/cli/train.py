@@ -6,7 +6,6 @@
     grit plot-loss runs/toy-unified                            # writes runs/toy-unified/loss.png
 
 Wire into a parser with ``add_train_commands(subparsers)``; each command sets ``args.handler(args)``.
-``python -m grit.train.cli train ...`` runs these commands alone (also under torchrun).
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from pathlib import Path
 
 
 def options_help() -> str:
-    from .config import TrainConfig
+    from grit.train.config import TrainConfig
 
     lines = ["options (key=value; nested with dots):"]
     for name, type_name, default, help in TrainConfig.options():
@@ -44,14 +43,14 @@ def add_train_commands(subparsers) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .config import TrainConfig
-    from .trainer import train
+    from grit.train.config import TrainConfig
+    from grit.train.trainer import train
 
     final = train(TrainConfig.from_file(args.config, args.overrides))
     print(final)
 
 
 def cmd_plot_loss(args: argparse.Namespace) -> None:
-    from .plot import plot_loss
+    from grit.train.plot import plot_loss
 
     print(plot_loss(args.run_dir, args.out))

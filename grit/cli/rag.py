@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from grit.cli import add_model_options, load_model
+from grit.cli.common import add_model_options, load_model
 from grit.instructions import DEFAULT_QUERY_INSTRUCTION
 from grit.rag.chunking import ChunkConfig
 from grit.rag.documents import load_documents

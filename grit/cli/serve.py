@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from grit.cli import MODEL_HELP, add_model_options
+from grit.cli.common import MODEL_HELP, add_model_options
 from grit.serve.config import ServeConfig
 
 USAGE = """\
@@ -90,7 +90,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     import uvicorn
 
-    from grit.cli import load_model
+    from grit.cli.common import load_model
     from grit.serve.app import create_app
     from grit.serve.connections import uvicorn_config
 
@@ -119,8 +119,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     )
     rag = None
     if args.index is not None:
+        from grit.cli.rag import load_index_model
         from grit.rag.answer import RAG
-        from grit.rag.cli import load_index_model
 
         rag = RAG.open(args.index, load_index_model(args, args.index), args.cache_source)
         model = rag.model

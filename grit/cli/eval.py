@@ -14,7 +14,7 @@ from pathlib import Path
 
 def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``eval`` subcommand to a parser's subparsers; ``args.handler(args)`` runs it."""
-    from grit.cli import MODEL_HELP, add_placement_options
+    from grit.cli.common import MODEL_HELP, add_placement_options
 
     p = subparsers.add_parser(
         "eval",
@@ -54,7 +54,7 @@ def positive_int(text: str) -> int:
 def eval_command(args: argparse.Namespace) -> int:
     """Load the model, build the suite, run it, print the table; returns 0. An unknown task name, suite or data
     folder raises ``ValueError`` / ``FileNotFoundError`` before the model is loaded."""
-    from grit.cli import load_model
+    from grit.cli.common import load_model
     from grit.eval.run import build_suite, default_baselines, run
 
     tasks = build_suite(args.suite, args.data, args.limit)
