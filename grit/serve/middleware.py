@@ -11,6 +11,8 @@ import logging
 import time
 import uuid
 
+from grit.serve.errors import error_body
+
 log = logging.getLogger("grit.serve")
 
 
@@ -30,9 +32,7 @@ class BodyLimit:
         self.app, self.limit = app, limit
 
     async def refuse(self, send, size: str) -> None:
-        message = f"the request body has {size} bytes; the limit is {self.limit}"
-        error = {"message": message, "type": "invalid_request_error", "param": None, "code": None}
-        await send_json(send, 413, {"error": error})
+        await send_json(send, 413, error_body(f"the request body has {size} bytes; the limit is {self.limit}"))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -42,8 +42,7 @@ class BodyLimit:
         if length is not None and b"transfer-encoding" in headers:
             # Which one frames the body? A proxy and this server may answer differently (request smuggling): refused.
             message = "the request has both Content-Length and Transfer-Encoding; send one"
-            error = {"message": message, "type": "invalid_request_error", "param": None, "code": None}
-            return await send_json(send, 400, {"error": error})
+            return await send_json(send, 400, error_body(message))
         if length is not None and length.isdigit() and int(length) > self.limit:
             return await self.refuse(send, str(int(length)))
         if length is None and b"transfer-encoding" in headers:
