@@ -1,8 +1,23 @@
-"""Everything `grit serve` can be told, in one place."""
+"""Everything `grit serve` can be told, in one place: each field's type, default and help are written once, and the
+command line is built from them (``grit.cli.serve``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, get_args
+
+from grit.rag.modes import CACHE_MODES, CacheMode
+
+
+def opt(default: Any, help: str, *, flag: str | None = None, cli: bool = True) -> Any:
+    """A field with its command-line help (``grit serve --help`` is built from these); ``flag`` when the option's
+    name is not the field's, ``cli=False`` for settings the command line does not offer as they are."""
+    return field(default=default, metadata={"help": help, "flag": flag, "cli": cli})
+
+
+def choices_of(tp: Any) -> tuple | None:
+    """The choices of a ``Literal`` field type, else None."""
+    return get_args(tp) or None
 
 
 @dataclass
@@ -13,30 +28,31 @@ class ServeConfig:
     over a limit gets a 4xx error that names the limit.
     """
 
-    host: str = "127.0.0.1"  # loopback by default: exposing a model to a network is a decision, not a default
-    port: int = 8000
-    model_name: str = ""  # the id clients pass as `model`; "" = the model folder's name
-    api_key: str | None = None  # when set, every /v1 route needs `Authorization: Bearer <key>`
-    max_pending: int = 64  # requests inside at once; the next gets 503 + Retry-After
-    retry_after_s: int = 1
-    max_inputs: int = 2048  # texts per embeddings request (OpenAI's limit)
-    max_input_tokens: int = 0  # tokens per embedding input; 0 = the model's context length
-    max_tokens_cap: int = 2048  # the largest max_tokens a generation request may ask for
-    max_prompts: int = 64  # prompts per text completions request (answered together, see generate_batch_size)
-    generate_batch_size: int = 8  # prompts decoded together: ~2x the prompts/s of one at a time on a 2-core CPU
-    max_body_bytes: int = 16 * 1024 * 1024
-    max_batch_texts: int = 256  # texts one embedding batch may gather from queued requests
-    batch_wait_ms: float = 10.0  # how long a batch that has the model waits for more requests
-    embed_batch_size: int = 32  # texts per forward pass inside a batch
-    default_instruction: str = ""  # embedding instruction when a request names none
-    rag_cache: str = "doc"  # cache mode of the RAG route when a request names none
-    log_requests: bool = True
+    host: str = opt("127.0.0.1", "address to bind (default: loopback only; a network address needs an API key)")
+    port: int = opt(8000, "port to listen on")
+    model_name: str = opt("", "the model id clients send (default: the model folder's name)")
+    api_key: str | None = opt(None, "", cli=False)  # from --api-key, --api-key-file or $GRIT_API_KEY (grit.cli.serve)
+    max_pending: int = opt(64, "requests in progress at once; more get 503 with Retry-After")
+    retry_after_s: int = opt(1, "the Retry-After of a 503", cli=False)
+    max_inputs: int = opt(2048, "texts per embeddings request (OpenAI's limit)")
+    max_input_tokens: int = opt(0, "tokens per embedding input (0: the model's context length)")
+    max_tokens_cap: int = opt(2048, "the largest max_tokens a generation request may ask for")
+    max_prompts: int = opt(64, "prompts per completions request (decoded together)")
+    generate_batch_size: int = opt(8, "prompts decoded together (~2x the prompts/s of one at a time on 2 CPU cores)")
+    max_body_bytes: int = opt(16 * 1024 * 1024, "the largest request body, in bytes")
+    max_batch_texts: int = opt(256, "texts one embedding batch gathers from queued requests")
+    batch_wait_ms: float = opt(10.0, "how long a batch that has the model waits for more requests")
+    embed_batch_size: int = opt(32, "texts per forward pass inside an embedding batch")
+    default_instruction: str = opt("", "embedding instruction when a request names none", flag="--instruction")
+    rag_cache: CacheMode = opt("doc", "RAG cache mode when a request names none")
+    log_requests: bool = opt(True, "one log line per request", cli=False)
     # Connections (grit.serve.connections): a request must arrive whole (headers and body) within
     # request_timeout_s; an idle kept-alive connection is closed after keep_alive_s; past max_connections open
     # connections, a new request gets 503.
-    request_timeout_s: float = 10.0
-    keep_alive_s: int = 5
-    max_connections: int = 256
+    request_timeout_s: float = opt(10.0, "seconds a request may take to arrive whole (headers and body); then "
+                                   "the connection closes", flag="--request-timeout")  # fmt: skip
+    keep_alive_s: int = opt(5, "seconds an idle kept-alive connection stays open", flag="--keep-alive")
+    max_connections: int = opt(256, "open connections at once; a request past them gets 503")
 
     def __post_init__(self) -> None:
         for name in ("max_pending", "max_inputs", "max_tokens_cap", "max_prompts", "generate_batch_size",
@@ -52,5 +68,7 @@ class ServeConfig:
             raise ValueError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
         if self.max_input_tokens < 0:
             raise ValueError(f"max_input_tokens must be >= 0, got {self.max_input_tokens}")
+        if self.rag_cache not in CACHE_MODES:
+            raise ValueError(f"rag_cache must be one of {', '.join(CACHE_MODES)}, got {self.rag_cache!r}")
         if self.api_key == "":
             raise ValueError("api_key is empty; leave it unset to serve without a key")

@@ -358,3 +358,27 @@ def test_the_api_key_can_come_from_a_file(tmp_path):
 
     (tmp_path / "key").write_text("sk-from-file\n")
     assert read_key_file(tmp_path / "key") == "sk-from-file" and read_key_file(None) is None
+
+
+def test_serve_options_come_from_serve_config(capsys):
+    """Every ServeConfig field the command line offers has its flag, help and default, written once."""
+    import dataclasses
+
+    from grit.cli import build_parser
+    from grit.cli.serve import config_options
+    from grit.serve.config import ServeConfig
+
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--help"])
+    text = capsys.readouterr().out
+    offered = list(config_options())
+    assert len(offered) >= 18 and all(flag in text for _, flag, _ in offered)
+    args = parser.parse_args(["serve", "--max-pending", "3", "--request-timeout", "2.5", "--rag-cache", "none"])
+    assert (args.max_pending, args.request_timeout_s, args.rag_cache) == (3, 2.5, "none")
+    defaults = parser.parse_args(["serve"])
+    assert all(getattr(defaults, f.name) == f.default for f in dataclasses.fields(ServeConfig) if f.metadata["cli"])
+    with pytest.raises(SystemExit):  # a cache mode that does not exist: argparse names the choices
+        parser.parse_args(["serve", "--rag-cache", "everything"])
+    with pytest.raises(ValueError, match="rag_cache must be one of"):
+        ServeConfig(rag_cache="everything")
