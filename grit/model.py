@@ -32,6 +32,7 @@ from grit.hardware import Placement
 from grit.identity import SAVED_CONFIG, ModelIdentity, SavedSettings
 from grit.instructions import DEFAULT_QUERY_INSTRUCTION
 from grit.kvcache import CacheAttention, SpanCache, compute_cache, join_caches, span_fits
+from grit.likelihood import IGNORE, next_token_loss_from_states, trained_tokens
 from grit.pooling import Pooling, check_pooling
 from grit.quantize import Precision, quantize
 from grit.text import check_text
@@ -456,8 +457,9 @@ class GritModel:
     @torch.inference_mode()
     def target_nll(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int = 8, desc: str = ""):
         """Summed negative log-likelihood of each target given its prompt (teacher forcing, causal), and the number
-        of target tokens: ``(nll, tokens)`` over all ``(prompt ids, target ids)`` pairs. Pairs of similar length run
-        together, right-padded."""
+        of target tokens: ``(nll, tokens)`` over all ``(prompt ids, target ids)`` pairs. Computed with the training's
+        own next-token loss (``grit.likelihood``, "sum"), the LM head running on the target positions only. Pairs of
+        similar length run together, right-padded."""
         from tqdm.auto import tqdm
 
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -467,22 +469,17 @@ class GritModel:
             batch = [pairs[i] for i in order[start : start + batch_size]]
             width = max(len(p) + len(t) for p, t in batch)
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            labels = torch.full((len(batch), width), -100, dtype=torch.long)  # -100: not scored
+            labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
             for row, (p, t) in enumerate(batch):
                 ids[row, : len(p) + len(t)] = torch.tensor([*p, *t])
                 labels[row, len(p) : len(p) + len(t)] = torch.tensor(list(t))
                 mask[row, : len(p) + len(t)] = 1
-            logits = self.lm(
-                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False
-            ).logits
-            # Token t is predicted from position t - 1: (B, T-1, V) against (B, T-1).
-            total_nll += float(
-                torch.nn.functional.cross_entropy(
-                    logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten().to(self.device), reduction="sum"
-                )
-            )
-            total_tokens += int((labels[:, 1:] != -100).sum())
+            ids, mask, labels = ids.to(self.device), mask.to(self.device), labels.to(self.device)
+            states = self.lm.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            head = self.lm.get_output_embeddings()
+            total_nll += float(next_token_loss_from_states(states, head, labels, "sum"))
+            total_tokens += int(trained_tokens(labels))
         return total_nll, total_tokens
 
     # --- generation --------------------------------------------------------------------------------------------

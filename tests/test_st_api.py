@@ -102,3 +102,15 @@ def test_save_pretrained_reloads_with_the_same_behaviour(tiny_model_path, tmp_pa
         (tmp_path / "notes").mkdir()
         (tmp_path / "notes" / "todo.txt").write_text("keep me")
         model.save_pretrained(tmp_path / "notes")
+
+
+def test_target_nll_equals_cross_entropy_over_full_logits(tiny_grit):
+    """The facade's likelihood (the training loss, head on target positions only) equals the plain computation."""
+    prompt, target = tiny_grit.chat_ids("Name a module."), tiny_grit.token_ids("The json module.")
+    nll, tokens = tiny_grit.target_nll([(prompt, target), (prompt[:5], target[:3])], batch_size=2)
+    expected = 0.0
+    for p, t in ((prompt, target), (prompt[:5], target[:3])):
+        with torch.no_grad():
+            logits = tiny_grit.lm(input_ids=torch.tensor([p + t])).logits[0, len(p) - 1 : -1]
+        expected += float(torch.nn.functional.cross_entropy(logits, torch.tensor(t), reduction="sum"))
+    assert tokens == len(target) + 3 and nll == pytest.approx(expected, rel=1e-5)
