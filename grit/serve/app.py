@@ -50,7 +50,7 @@ def create_app(model: GritModel, config: ServeConfig | None = None, rag=None) ->
         batcher=EmbeddingBatcher(
             model, gate, config.max_batch_texts, config.embed_batch_size, config.batch_wait_ms / 1000
         ),
-        admission=Admission(config.max_pending),
+        admission=Admission(config.max_pending, config.admission_wait_s),
         rag=rag,
         created=int(time.time()),
         workers=ThreadPoolExecutor(config.max_pending, thread_name_prefix="grit-generate"),

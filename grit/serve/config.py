@@ -34,6 +34,9 @@ class ServeConfig:
     api_key: str | None = opt(None, "", cli=False)  # from --api-key, --api-key-file or $GRIT_API_KEY (grit.cli.serve)
     max_pending: int = opt(64, "requests in progress at once; more get 503 with Retry-After")
     retry_after_s: int = opt(1, "the Retry-After of a 503", cli=False)
+    admission_wait_s: float = opt(
+        10.0, "seconds a request waits in line (first come, first served) when max-pending are in; then 503"
+    )
     max_inputs: int = opt(2048, "texts per embeddings request (OpenAI's limit)")
     max_input_tokens: int = opt(0, "tokens per embedding input (0: the model's context length)")
     max_tokens_cap: int = opt(2048, "the largest max_tokens a generation request may ask for")
@@ -64,6 +67,8 @@ class ServeConfig:
                 f"request_timeout_s must be > 0, keep_alive_s and max_connections >= 1; got {self.request_timeout_s}, "
                 f"{self.keep_alive_s}, {self.max_connections}"
             )
+        if self.admission_wait_s < 0:
+            raise ValueError(f"admission_wait_s must be >= 0, got {self.admission_wait_s}")
         if self.batch_wait_ms < 0:
             raise ValueError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
         if self.max_input_tokens < 0:

@@ -13,8 +13,9 @@ The scheduling, and why:
 * **Embedding requests are batched** (``EmbeddingBatcher``). One thread collects requests; while it waits for the
   model, more requests queue up, and when it gets the model it takes all of them (up to ``max_batch_texts``) into one
   call per instruction, so many small requests cost about what one large one costs.
-* **Bounded admission** (``Admission``): at most ``max_pending`` requests are inside at once; the next one is
-  refused at once (HTTP 503 with ``Retry-After``) rather than queued without limit.
+* **Bounded admission** (``Admission``): at most ``max_pending`` requests are inside at once; the next ones wait in
+  line, in arrival order, up to ``admission_wait_s``, and are refused after that (HTTP 503 with ``Retry-After``)
+  rather than queued without limit.
 
 Decoding is not batched across requests (continuous batching as in vLLM): on this CPU a single sequence's decoding
 step is already bound by memory bandwidth over the weights, so batching would help throughput; it is left for later.
@@ -22,13 +23,15 @@ step is already bound by memory bandwidth over the weights, so batching would he
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,35 +91,79 @@ class Overloaded(Exception):
 
 
 class Admission:
-    """Counts requests inside the server; refuses one over ``limit``."""
+    """At most ``limit`` requests inside at once. One that finds the server full waits in line, first come first
+    served, up to ``wait_s`` seconds for a place, and is refused (``Overloaded``) after that, or at once with
+    ``wait_s=0``. Without the line, clients that retry after a 503 are served in no order at all: one can lose every
+    race for minutes while later ones get in.
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    ``enter`` is awaited on the event loop; ``leave`` may be called from any thread (a stream's cleanup runs where
+    the garbage collector finds it) and hands its place straight to the first in line.
+    """
+
+    def __init__(self, limit: int, wait_s: float = 0.0) -> None:
+        self.limit, self.wait_s = limit, wait_s
         self._inside = 0
+        self._line: collections.deque[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = collections.deque()
         self._lock = threading.Lock()
 
     @property
     def inside(self) -> int:
         return self._inside
 
-    def enter(self) -> None:
-        """Take a place, or raise ``Overloaded``. Every ``enter`` needs one ``leave``."""
+    @property
+    def waiting(self) -> int:
+        return len(self._line)
+
+    async def enter(self) -> None:
+        """Take a place (waiting in line when the server is full), or raise ``Overloaded``. Every ``enter`` needs
+        one ``leave``."""
         with self._lock:
-            if self._inside >= self.limit:
+            if self._inside < self.limit and not self._line:
+                self._inside += 1
+                return
+            if self.wait_s <= 0:
                 raise Overloaded(f"the server is at its limit of {self.limit} requests in progress")
-            self._inside += 1
+            loop = asyncio.get_running_loop()
+            turn = loop.create_future()
+            self._line.append((loop, turn))
+        try:
+            await asyncio.wait_for(asyncio.shield(turn), self.wait_s)
+        except TimeoutError:
+            with self._lock:
+                if (loop, turn) in self._line:
+                    self._line.remove((loop, turn))
+                    raise Overloaded(
+                        f"the server is at its limit of {self.limit} requests in progress (waited {self.wait_s:g} s)"
+                    ) from None
+            await turn  # handed a place as the wait ran out: keep it
+        except BaseException:  # the client left while in line: give up the place, or the turn
+            with self._lock:
+                if (loop, turn) in self._line:
+                    self._line.remove((loop, turn))
+                    raise
+            self.leave()
+            raise
 
     def leave(self) -> None:
         with self._lock:
+            if self._line:  # the place goes to the first in line; the count stays
+                loop, turn = self._line.popleft()
+                loop.call_soon_threadsafe(hand_over, turn)
+                return
             self._inside -= 1
 
-    @contextmanager
-    def slot(self) -> Iterator[None]:
-        self.enter()
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        await self.enter()
         try:
             yield
         finally:
             self.leave()
+
+
+def hand_over(turn: asyncio.Future) -> None:
+    if not turn.done():
+        turn.set_result(None)
 
 
 PASS_CHARS = 16_000  # about 4,000 tokens of English: a few seconds of one forward pass on a 2-core CPU

@@ -132,7 +132,7 @@ async def embed_route(server: Server, body: EmbeddingRequest, request: Request) 
                               f"model's context is {server.model.context_length})", "input")  # fmt: skip
     if body.dimensions is not None and body.dimensions > server.model.dim:
         raise bad_request(f"dimensions={body.dimensions} exceeds the model's {server.model.dim}", "dimensions")
-    with server.admission.slot():
+    async with server.admission.slot():
         # Lengths are checked above; one max_length for all requests lets any of them share a batch.
         future = server.batcher.submit(texts, instruction, server.model.context_length)
         vectors = await asyncio.wrap_future(future)
@@ -225,9 +225,9 @@ async def generate_route(server: Server, body: Sampling, request: Request, promp
         ids = all_ids[0]
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         stream = server.model.stream(ids, params, cancel=cancel, gate=server.gate)
-        server.admission.enter()
+        await server.admission.enter()
         return stream_response(server, request, reply, include_usage, stream, cancel)
-    with server.admission.slot():
+    async with server.admission.slot():
         watcher = asyncio.create_task(watch_disconnect(request, cancel))
         try:
             model, gate = server.model, server.gate
@@ -318,7 +318,7 @@ async def rag_answer_route(server: Server, body: RagRequest, request: Request):
     sampling = {"temperature": body.temperature, "top_p": body.top_p, "stop": body.stop or [], "seed": body.seed}
     if body.stream:
         cancel = threading.Event()
-        server.admission.enter()
+        await server.admission.enter()
         try:
             hits, stream = await asyncio.to_thread(rag.stream, body.question, body.k, cache, gate=server.gate,
                                                    max_new_tokens=body.max_tokens, cancel=cancel,
@@ -332,7 +332,7 @@ async def rag_answer_route(server: Server, body: RagRequest, request: Request):
         documents = {"object": "rag.documents", "cache": cache, "documents": [hit_dict(h) for h in hits]}
         reply = Reply(server.name, "chat.completion", 0)
         return stream_response(server, request, reply, False, stream, cancel, first_event=documents)
-    with server.admission.slot():
+    async with server.admission.slot():
         try:
             answer = await in_worker(server, rag.answer, body.question, body.k, cache,
                                      max_new_tokens=body.max_tokens, gate=server.gate, **sampling)  # fmt: skip

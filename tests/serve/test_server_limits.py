@@ -203,7 +203,8 @@ def test_server_still_answers_after_bad_requests(live, client):
 @pytest.fixture(scope="module")
 def narrow(tiny_grit):
     """A server that admits one request at a time."""
-    with serve(create_app(tiny_grit, ServeConfig(model_name=MODEL, max_pending=1, retry_after_s=3))) as running:
+    config = ServeConfig(model_name=MODEL, max_pending=1, retry_after_s=3, admission_wait_s=0)
+    with serve(create_app(tiny_grit, config)) as running:
         yield running
 
 
@@ -231,6 +232,52 @@ def test_overload_is_503_with_retry_after_then_recovers(narrow):
         assert len(client.embeddings.create(model=MODEL, input="later").data) == 1
         assert client.chat.completions.create(model=MODEL, messages=USER, max_tokens=2).choices[0].message
     assert server.admission.inside == 0
+
+
+def test_requests_over_the_limit_wait_in_line_and_enter_in_arrival_order(tiny_grit):
+    """With max_pending=1 and a line, later requests wait (none refused) and are served first come, first served;
+    one that waits longer than admission_wait_s gets the 503."""
+    config = ServeConfig(model_name=MODEL, max_pending=1, admission_wait_s=60, log_requests=False)
+    with serve(create_app(tiny_grit, config)) as running:
+        server, submitted, statuses = running.server, [], {}
+        real_submit = server.batcher.submit
+
+        def submit(texts, *args):
+            submitted.append(texts[0])
+            return real_submit(texts, *args)
+
+        server.batcher.submit = submit
+        names = ["first", "second", "third", "fourth"]
+
+        def embed(name: str) -> None:
+            statuses[name] = httpx.post(f"{running.url}/v1/embeddings", json={"input": name}, timeout=60).status_code
+
+        threads = []
+        with server.gate.hold():
+            for k, name in enumerate(names):
+                threads.append(threading.Thread(target=embed, args=(name,)))
+                threads[-1].start()
+                if k == 0:
+                    wait_until(lambda: server.admission.inside == 1, 20, "the first request to be admitted")
+                else:
+                    wait_until(lambda k=k: server.admission.waiting == k, 20, f"{k} requests in line")
+        for t in threads:
+            t.join(60)
+        assert statuses == dict.fromkeys(names, 200) and submitted == names
+        assert server.admission.inside == 0 and server.admission.waiting == 0
+
+    config = ServeConfig(model_name=MODEL, max_pending=1, admission_wait_s=0.2, log_requests=False)
+    with serve(create_app(tiny_grit, config)) as running:
+        server = running.server
+        with server.gate.hold():  # held until the second request's answer came: its wait must run out
+            first = threading.Thread(target=lambda: httpx.post(f"{running.url}/v1/embeddings", json={"input": "a"},
+                                                              timeout=60))  # fmt: skip
+            first.start()
+            wait_until(lambda: server.admission.inside == 1, 20, "the first request to be admitted")
+            late = httpx.post(f"{running.url}/v1/embeddings", json={"input": "b"}, timeout=60)
+            assert_error_body(late, 503, "overloaded_error")
+            assert "waited 0.2 s" in late.json()["error"]["message"]
+        first.join(60)
 
 
 # --- batching --------------------------------------------------------------------------------------------------
