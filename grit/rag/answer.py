@@ -41,12 +41,13 @@ from pathlib import Path
 from grit.generation import Gate, SamplingParams, Stream
 from grit.hardware import dtype_name
 from grit.kvcache import CacheAttention, SpanCache
-from grit.model import GritModel
+from grit.model import GritModel, sampling
 from grit.rag.kvstore import CacheKey, KVStore, store_folder
 from grit.rag.modes import CACHE_MODES, CacheMode
 from grit.text import check_text
 
 log = logging.getLogger(__name__)
+RAG_MAX_NEW_TOKENS = 64  # answers from documents are short; the default of ``max_new_tokens`` here
 
 
 @dataclass(frozen=True)
@@ -316,19 +317,16 @@ class RAG:
         question: str,
         k: int = 1,
         cache: CacheMode = "none",
+        params: SamplingParams | None = None,
         *,
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        stop=None,
-        seed: int | None = None,
-        min_new_tokens: int = 0,
         gate: Gate | None = None,
+        **overrides,
     ) -> Answer:
         """Retrieve ``k`` chunks and answer from them. Returns the text, the hits with scores, and timings.
+        ``params`` and keyword overrides as ``GritModel.generate`` (``max_new_tokens`` defaults to 64 here).
         ``gate``: the model's lock when it is shared (a server); held for retrieval, offered after each token."""
-        params = SamplingParams(max_new_tokens, temperature, top_p, stop or [], seed, min_new_tokens)
-        hits, layout, seconds, ids, past = self._generate_args(question, k, cache, max_new_tokens, gate)
+        params = sampling(params or SamplingParams(RAG_MAX_NEW_TOKENS), overrides)
+        hits, layout, seconds, ids, past = self._generate_args(question, k, cache, params.max_new_tokens, gate)
         start = time.perf_counter()
         result = self.model.complete(ids, params, cache=past, gate=gate)
         seconds["generate"] = time.perf_counter() - start
@@ -341,15 +339,15 @@ class RAG:
         question: str,
         k: int = 1,
         cache: CacheMode = "none",
+        params: SamplingParams | None = None,
         *,
-        max_new_tokens: int = 64,
         gate: Gate | None = None,
         cancel: threading.Event | None = None,
-        **sampling,
+        **overrides,
     ) -> tuple[list, Stream]:
         """The hits, and the answer as a ``Stream`` (``.pieces`` as they are decoded, ``.result`` when they end)."""
-        params = SamplingParams(max_new_tokens, **sampling)
-        hits, _, _, ids, past = self._generate_args(question, k, cache, max_new_tokens, gate)
+        params = sampling(params or SamplingParams(RAG_MAX_NEW_TOKENS), overrides)
+        hits, _, _, ids, past = self._generate_args(question, k, cache, params.max_new_tokens, gate)
         return hits, self.model.stream(ids, params, cache=past, cancel=cancel, gate=gate)
 
     @classmethod
