@@ -38,7 +38,11 @@ class ServeConfig:
         10.0, "seconds a request waits in line (first come, first served) when max-pending are in; then 503"
     )
     max_inputs: int = opt(2048, "texts per embeddings request (OpenAI's limit)")
-    max_input_tokens: int = opt(0, "tokens per embedding input (0: the model's context length)")
+    # One embedding input is one bidirectional forward pass under the model lock, which cannot be split; measured on
+    # 2 CPU cores (SmolLM2-135M, float32; bench/long_input.py): 2,048 tokens 6 s, 4,096 19 s, 8,000 55 s.
+    max_input_tokens: int = opt(
+        2048, "tokens per embedding input; one input holds the model for its whole pass (0: the context length)"
+    )
     max_tokens_cap: int = opt(2048, "the largest max_tokens a generation request may ask for")
     max_prompts: int = opt(64, "prompts per completions request (decoded together)")
     generate_batch_size: int = opt(8, "prompts decoded together (~2x the prompts/s of one at a time on 2 CPU cores)")
