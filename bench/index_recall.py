@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from grit import GritModel
+from grit.embedding import normalize_rows
 from grit.eval.cache import EmbeddingCache
 from grit.eval.encoders import fingerprint, load_minilm, model_name
 from grit.eval.run import build_suite
-from grit.eval.tasks import encode, normalize_rows
+from grit.eval.tasks import encode
 from grit.instructions import side
 from grit.rag.store import StoreConfig, VectorStore
 

@@ -27,6 +27,12 @@ class EmbeddingInput:
     truncated: bool = False
 
 
+def normalize_rows(x) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), float32: cosine similarity becomes a dot product."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
 def check_texts(texts: str | Sequence[str]) -> tuple[list[str], bool]:
     """Validate input; returns the list of texts and whether a single string was given."""
     if isinstance(texts, str):

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from grit.text import check_text, invalid_string
+from grit.text import check_strings
 
 T = TypeVar("T")
 
@@ -49,8 +49,7 @@ def parse_line(raw: bytes, objects: bool) -> Any:
         raise ValueError(f"not valid JSON ({e.msg} at column {e.colno})") from None
     if objects and not isinstance(value, dict):
         raise ValueError(f"expected a JSON object, got {type(value).__name__}")
-    if found := invalid_string(value):
-        check_text(found[1], found[0])
+    check_strings(value)
     return value
 
 

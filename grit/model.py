@@ -51,10 +51,8 @@ def check_dim(dim: int, full: int) -> None:
 
 def truncate(vectors: np.ndarray, dim: int, normalize: bool) -> np.ndarray:
     """The first ``dim`` dimensions of each row, renormalized when the vectors were (Matryoshka truncation)."""
-    vectors = np.ascontiguousarray(vectors[:, :dim])
-    if normalize:
-        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    return vectors
+    vectors = vectors[:, :dim]
+    return embedding.normalize_rows(vectors) if normalize else np.ascontiguousarray(vectors)
 
 
 def similarity(a, b, fn: SimilarityFn = "cosine"):
@@ -69,8 +67,7 @@ def similarity(a, b, fn: SimilarityFn = "cosine"):
         return a @ b.T
     a, b = np.atleast_2d(np.asarray(a, dtype=np.float32)), np.atleast_2d(np.asarray(b, dtype=np.float32))
     if fn == "cosine":
-        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+        a, b = embedding.normalize_rows(a), embedding.normalize_rows(b)
     return a @ b.T
 
 
@@ -187,13 +184,11 @@ class GritModel:
         format = format or (PromptFormat(**saved.format) if saved.format else PromptFormat())
         log.info("loaded %s (%s, %s on %s, %d threads; id %s)", folder, lm.config.model_type,
                  hardware.dtype_name(dtype), device, placement.threads, identity.id)  # fmt: skip
-        model = cls(lm, tokenizer, folder, format, pooling, bidirectional, identity, placement)
-        if prompts is not None or saved.prompts is not None:
-            model.prompts = dict(prompts if prompts is not None else saved.prompts)
-        model.truncate_dim = truncate_dim if truncate_dim is not None else saved.truncate_dim
-        model.similarity_fn_name = saved.similarity_fn_name or model.similarity_fn_name
-        model.__post_init__()  # check what the folder or the caller set
-        return model
+        named = prompts if prompts is not None else saved.prompts
+        return cls(lm, tokenizer, folder, format, pooling, bidirectional, identity, placement,
+                   **({"prompts": dict(named)} if named is not None else {}),
+                   truncate_dim=truncate_dim if truncate_dim is not None else saved.truncate_dim,
+                   similarity_fn_name=saved.similarity_fn_name or "cosine")  # fmt: skip
 
     # --- facts -------------------------------------------------------------------------------------------------
 
@@ -464,7 +459,7 @@ class GritModel:
 
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         order = sorted(range(len(pairs)), key=lambda i: -sum(map(len, pairs[i])))
-        total_nll, total_tokens = 0.0, 0
+        total_nll, total_tokens, head = 0.0, 0, self.lm.get_output_embeddings()
         for start in tqdm(range(0, len(order), batch_size), desc=desc or "likelihood", unit="batch"):
             batch = [pairs[i] for i in order[start : start + batch_size]]
             width = max(len(p) + len(t) for p, t in batch)
@@ -477,7 +472,6 @@ class GritModel:
                 mask[row, : len(p) + len(t)] = 1
             ids, mask, labels = ids.to(self.device), mask.to(self.device), labels.to(self.device)
             states = self.lm.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-            head = self.lm.get_output_embeddings()
             total_nll += float(next_token_loss_from_states(states, head, labels, "sum"))
             total_tokens += int(trained_tokens(labels))
         return total_nll, total_tokens

@@ -46,3 +46,22 @@ def invalid_string(value: Any, path: str = "", max_depth: int = 32, depth: int =
             if found := invalid_string(item, f"{path}[{i}]", max_depth, depth + 1):
                 return found
     return None
+
+
+class InvalidText(ValueError):
+    """A string in parsed JSON that is not valid Unicode; ``path`` says where (``messages[0].content``)."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path = path
+
+
+def check_strings(value: Any, max_depth: int = 32) -> None:
+    """``InvalidText`` naming the first string of parsed JSON that is not valid Unicode; ValueError for nesting
+    deeper than ``max_depth``."""
+    if found := invalid_string(value, max_depth=max_depth):
+        path, text = found
+        try:
+            check_text(text, path)
+        except ValueError as e:
+            raise InvalidText(path, str(e)) from None

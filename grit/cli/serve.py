@@ -42,7 +42,7 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--allow-no-key", action="store_true",
                    help="serve a non-loopback address without an API key (refused otherwise)")  # fmt: skip
     for f, flag, tp in config_options():
-        kind = {"int": int, "float": float, "str": str}[tp] if tp in ("int", "float", "str") else str
+        kind = {"int": int, "float": float}.get(tp, str)  # a Literal's values are strings (CacheMode)
         choices = choices_of(get_type_hints(ServeConfig)[f.name])
         p.add_argument(flag, dest=f.name, type=kind, default=f.default, choices=choices,
                        help=f"{f.metadata['help']} (default: {f.default!r})")  # fmt: skip

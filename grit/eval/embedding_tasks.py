@@ -22,10 +22,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from grit import instructions
+from grit.embedding import normalize_rows
 from grit.eval import data, metrics
 from grit.eval.cache import EmbeddingCache
 from grit.eval.encoders import Encoder, Retriever
-from grit.eval.tasks import Scores, check_limit, encode, min_limit, normalize_rows
+from grit.eval.tasks import Scores, check_limit, encode, min_limit
 
 log = logging.getLogger(__name__)
 

@@ -65,13 +65,6 @@ def min_limit(current: int | None, n: int | None) -> int | None:
     return n if current is None else current if n is None else min(current, n)
 
 
-def normalize_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero), float32: cosine similarity becomes a dot product."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
-
-
 def encode(model: Any, texts: Sequence[str], instruction: str, cache: EmbeddingCache | None = None) -> np.ndarray:
     """``model.encode(texts, instruction=...)`` as float32 ``(n, dim)``, through ``cache`` when one is given."""
 

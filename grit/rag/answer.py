@@ -181,43 +181,41 @@ class RAG:
 
     def cache_documents(self, hits, *, progress: bool = False) -> CacheReport:
         """Build the caches of these chunks ahead of time (the paper's offline step)."""
-        from tqdm.auto import tqdm
-
-        report = CacheReport()
-        for hit in tqdm(hits, desc="KV cache", unit="chunk", disable=not progress):
-            span, _, reused = self._document_span(hit)
-            report.count(len(span), reused)
-        return report
+        return self._cache(hits, progress)[0]
 
     def cache_index(self, *, progress: bool = False) -> CacheReport:
         """Every chunk of the index cached, and every other cache in the store evicted (of documents no longer
         indexed, older texts, another model, dtype or format): ``grit rag cache``."""
-        from tqdm.auto import tqdm
-
-        report, keys = CacheReport(), []
-        for hit in tqdm(self.index.all_chunks(), desc="KV cache", unit="chunk", disable=not progress):
-            span, key, reused = self._document_span(hit)
-            report.count(len(span), reused)
-            keys.append(key)
+        report, keys = self._cache(self.index.all_chunks(), progress)
+        keep = set(keys)
         with self._lock:
-            if self.kv_store is not None:
-                report.evicted = self.kv_store.retain(keys)
-            else:
-                keep = set(keys)
-                stale = [k for k in self._memory if k not in keep]
-                for k in stale:
-                    del self._memory[k]
-                report.evicted = len(stale)
+            stale = self._forget(lambda k: k not in keep)
+            report.evicted = self.kv_store.retain(keep) if self.kv_store is not None else stale
         return report
 
     def evict(self, doc_ids: list[str]) -> int:
         """Drop the caches of these documents (called by the index when they are deleted or replaced)."""
         ids = set(doc_ids)
         with self._lock:
-            stale = [k for k in self._memory if k.doc_id in ids]
-            for k in stale:
-                del self._memory[k]
-            return len(stale) + (self.kv_store.evict_documents(ids) if self.kv_store is not None else 0)
+            stale = self._forget(lambda k: k.doc_id in ids)
+            return stale + (self.kv_store.evict_documents(ids) if self.kv_store is not None else 0)
+
+    def _cache(self, hits, progress: bool) -> tuple[CacheReport, list[CacheKey]]:
+        from tqdm.auto import tqdm
+
+        report, keys = CacheReport(), []
+        for hit in tqdm(hits, desc="KV cache", unit="chunk", disable=not progress):
+            span, key, reused = self._document_span(hit)
+            report.count(len(span), reused)
+            keys.append(key)
+        return report, keys
+
+    def _forget(self, drop) -> int:
+        """Remove the in-memory caches (no store) whose key ``drop`` names; how many went. Under ``_lock``."""
+        stale = [k for k in self._memory if drop(k)]
+        for k in stale:
+            del self._memory[k]
+        return len(stale)
 
     # --- prompt layouts ----------------------------------------------------------------------------------------
 

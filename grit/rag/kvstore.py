@@ -121,21 +121,16 @@ class KVStore:
         self.remember(key, self.to_span(tensors, meta))
         try:  # no mkdir here: re-creating a folder that an index save is swapping would break the swap
             fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+            os.close(fd)
+            try:
+                save_file(tensors, tmp, metadata=meta)
+                os.replace(tmp, self.path(key))
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         except OSError as e:
             log.warning("could not store the KV cache of %r in %s (%s); kept in memory only", key.doc_id,
                         self.folder, e)  # fmt: skip
-            return
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, self.path(key))
-        except OSError as e:
-            Path(tmp).unlink(missing_ok=True)
-            log.warning("could not store the KV cache of %r in %s (%s); kept in memory only", key.doc_id,
-                        self.folder, e)  # fmt: skip
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def get(self, key: CacheKey) -> SpanCache | None:
         """The span cache on the CPU, in the storage dtype (``join_caches`` moves it to the model)."""

@@ -18,7 +18,7 @@ from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect
 
 from grit.serve.errors import bad_request
-from grit.text import check_text, invalid_string
+from grit.text import InvalidText, check_strings
 
 BOM = b"\xef\xbb\xbf"
 
@@ -50,15 +50,11 @@ def check_body(body: bytes) -> None:
             raise bad_request(f"the request body is not strict JSON: {e}") from None
         return  # malformed JSON: FastAPI's parser reports it with its position
     try:
-        found = invalid_string(parsed, max_depth=MAX_DEPTH)
-    except ValueError as e:
+        check_strings(parsed, max_depth=MAX_DEPTH)
+    except InvalidText as e:
+        raise bad_request(str(e), e.path) from None
+    except ValueError as e:  # nested too deeply
         raise bad_request(f"the request body is {e}") from None
-    if found:
-        path, value = found
-        try:
-            check_text(value, path)
-        except ValueError as e:
-            raise bad_request(str(e), path) from None
 
 
 class StrictJSONRoute(APIRoute):

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from functools import partial
 
 import anyio
-import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool
 
 from grit.generation import SamplingParams, Stream
-from grit.model import GritModel
+from grit.model import GritModel, truncate
 from grit.serve.config import ServeConfig
 from grit.serve.errors import APIError, bad_request
 from grit.serve.scheduler import Admission, EmbeddingBatcher, FairGate
@@ -137,8 +136,7 @@ async def embed_route(server: Server, body: EmbeddingRequest, request: Request) 
         future = server.batcher.submit(texts, instruction, server.model.context_length)
         vectors = await asyncio.wrap_future(future)
     if body.dimensions is not None:  # truncated and renormalized, as OpenAI's `dimensions` does
-        vectors = vectors[:, : body.dimensions]
-        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        vectors = truncate(vectors, body.dimensions, normalize=True)
     data = [{"object": "embedding", "index": i, "embedding": encode_vector(v, body.encoding_format)}
             for i, v in enumerate(vectors)]  # fmt: skip
     tokens = sum(counts)
