@@ -39,7 +39,8 @@ class ServeConfig:
     )
     max_inputs: int = opt(2048, "texts per embeddings request (OpenAI's limit)")
     # One embedding input is one bidirectional forward pass under the model lock, which cannot be split; measured on
-    # 2 CPU cores (SmolLM2-135M, float32; bench/long_input.py): 2,048 tokens 6 s, 4,096 19 s, 8,000 55 s.
+    # 2 vCPUs of an AVX-512 BF16 AMD EPYC (SmolLM2-135M, float32; bench/long_input.py): 2,048 tokens 6 s, 4,096
+    # 19 s, 8,000 55 s.
     max_input_tokens: int = opt(
         2048, "tokens per embedding input; one input holds the model for its whole pass (0: the context length)"
     )
