@@ -13,9 +13,10 @@ import logging
 import math
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
@@ -97,6 +98,15 @@ class Gate(Protocol):
     def between_tokens(self) -> None: ...
 
 
+@runtime_checkable
+class DecodingGate(Gate, Protocol):
+    """A gate that also decodes its callers' generations in one shared batch (``grit.decoding.ContinuousDecoder``):
+    ``start`` prefills in the caller's thread and returns a future of prompt + generated ids (1, T + new)."""
+
+    def start(self, ids: torch.Tensor, params: SamplingParams, past_key_values=None, cancel=None,
+              streamer=None) -> Future: ...  # fmt: skip
+
+
 class StopOnEvent(StoppingCriteria):
     """Ends generation when the event is set (by a stop string seen in the stream, or a caller that gave up)."""
 
@@ -123,6 +133,11 @@ class StopOnText(StoppingCriteria):
         texts = self.tokenizer.batch_decode(tail, skip_special_tokens=True)
         found = [any(s in text for s in self.stops) for text in texts]
         return torch.tensor(found, dtype=torch.bool, device=input_ids.device)
+
+    def found(self, generated: Sequence[int]) -> bool:
+        """Whether one sequence's generated tokens hold a stop string (the same test, for one list of tokens)."""
+        text = self.tokenizer.decode(generated[-self.window :], skip_special_tokens=True)
+        return any(s in text for s in self.stops)
 
 
 class OfferGate(StoppingCriteria):
@@ -162,7 +177,7 @@ def generation_config(model, params: SamplingParams, tokenizer) -> GenerationCon
     # Greedy must not carry sampling settings (transformers warns about them), sampling gets exactly ours.
     config.temperature = params.temperature if config.do_sample else None
     config.top_p = params.top_p if config.do_sample else None
-    config.top_k = None
+    config.top_k = 0 if config.do_sample else None  # None would be transformers' default of 50: no top-k at all
     if config.pad_token_id is None:
         config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return config
@@ -192,7 +207,9 @@ def run_generate(
 ):
     """transformers' generate on ``ids`` (B, T); ``attention_mask`` hides left padding (default: none).
     ``past_key_values`` may already hold the states of the first tokens of ``ids`` (RAG cache reuse); generate then
-    runs only the rest through the model."""
+    runs only the rest through the model. A ``DecodingGate`` decodes the one prompt in its shared batch instead."""
+    if isinstance(gate, DecodingGate) and attention_mask is None and ids.shape[0] == 1:
+        return gate.start(ids, params, past_key_values, cancel, streamer).result()
     criteria = StoppingCriteriaList()
     if params.stop:
         criteria.append(StopOnText(tokenizer, params.stop, ids.shape[1]))
@@ -295,6 +312,9 @@ def complete_batch(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(gate, DecodingGate):  # every prompt is a row of the gate's shared batch, from its first token
+        futures = [gate.start(ids, params, cancel=cancel) for ids in prompts]
+        return [finish(tokenizer, ids, f.result(), params, cancel) for ids, f in zip(prompts, futures, strict=True)]
     pad = generation_config(model, params, tokenizer).pad_token_id
     ends = _as_set(tokenizer.eos_token_id) if tokenizer.eos_token_id is not None else set()
     out: list[Generation | None] = [None] * len(prompts)

@@ -22,6 +22,7 @@ Serves, from one process and one copy of the weights:
   POST /v1/chat/completions    chat, streaming with `stream: true`
   POST /v1/completions         plain text completion (one prompt, or several answered together)
   POST /v1/rag                 with --index: retrieve and answer {"question", "k", "cache", "max_tokens", "stream"}
+  GET  /metrics                Prometheus text format: requests, tokens, queues, batch sizes, latencies
 
 Use it with the official client:  OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="KEY or anything")
 The API key can also come from $GRIT_API_KEY or --api-key-file (both keep it out of `ps`). A non-loopback --host
@@ -42,6 +43,10 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--allow-no-key", action="store_true",
                    help="serve a non-loopback address without an API key (refused otherwise)")  # fmt: skip
     for f, flag, tp in config_options():
+        if tp == "bool":  # --metrics / --no-metrics
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+                           help=f"{f.metadata['help']} (default: {'on' if f.default else 'off'})")  # fmt: skip
+            continue
         kind = {"int": int, "float": float}.get(tp, str)  # a Literal's values are strings (CacheMode)
         choices = choices_of(get_type_hints(ServeConfig)[f.name])
         p.add_argument(flag, dest=f.name, type=kind, default=f.default, choices=choices,

@@ -1,6 +1,6 @@
 """The HTTP application: OpenAI-compatible routes over one ``GritModel`` (and, optionally, a RAG index).
 
-Routes: ``GET /health``, ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/embeddings``,
+Routes: ``GET /health``, ``GET /metrics``, ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/embeddings``,
 ``POST /v1/chat/completions``, ``POST /v1/completions``, and with an index ``POST /v1/rag``. Streaming responses are
 server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``. The routes are thin: the service
 (``grit.serve.service``) does the work, ``grit.serve.wire`` shapes the replies.
@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
+from grit.decoding import ContinuousDecoder, unsupported
 from grit.model import GritModel
 from grit.serve.bodies import StrictJSONRoute
 from grit.serve.config import ServeConfig
 from grit.serve.errors import APIError, install_error_handlers
+from grit.serve.metrics import Metrics
 from grit.serve.middleware import BodyLimit, RequestLog
 from grit.serve.scheduler import Admission, EmbeddingBatcher, FairGate
 from grit.serve.schemas import ChatRequest, CompletionRequest, EmbeddingRequest, RagRequest
@@ -37,11 +40,13 @@ from grit.serve.wire import model_card
 
 __all__ = ["Server", "create_app"]
 
+log = logging.getLogger("grit.serve")
+
 
 def create_app(model: GritModel, config: ServeConfig | None = None, rag=None) -> FastAPI:
     """The FastAPI app serving ``model``; ``rag`` (a ``grit.rag.RAG`` over the same model) adds ``/v1/rag``."""
     config = config or ServeConfig()
-    gate = FairGate()
+    gate = decoding_gate(model, config)
     server = Server(
         model=model,
         config=config,
@@ -56,10 +61,18 @@ def create_app(model: GritModel, config: ServeConfig | None = None, rag=None) ->
         workers=ThreadPoolExecutor(config.max_pending, thread_name_prefix="grit-generate"),
     )
 
+    metrics = Metrics(server) if config.metrics else None
+    if metrics is not None:
+        server.batcher.on_batch = metrics.embed_batch.observe
+        if isinstance(gate, ContinuousDecoder):
+            gate.on_step, gate.on_first_token = metrics.decode_batch.observe, metrics.first_token.observe
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
         server.batcher.close()
+        if isinstance(gate, ContinuousDecoder):
+            gate.close()
         server.workers.shutdown(wait=False, cancel_futures=True)
 
     # No redirect from "/v1/embeddings/" to "/v1/embeddings" (a 307 a client would follow with its body); the schema
@@ -70,7 +83,7 @@ def create_app(model: GritModel, config: ServeConfig | None = None, rag=None) ->
     app.state.server = server
     install_error_handlers(app, config.retry_after_s)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
-    app.add_middleware(RequestLog, write=config.log_requests)
+    app.add_middleware(RequestLog, write=config.log_requests, observe=metrics.request_done if metrics else None)
     authorized = [Depends(api_key_check(config.api_key))]
 
     def card() -> dict:
@@ -84,6 +97,13 @@ def create_app(model: GritModel, config: ServeConfig | None = None, rag=None) ->
     @app.get("/openapi.json", dependencies=authorized, include_in_schema=False)
     async def openapi() -> dict:
         return app.openapi()
+
+    if metrics is not None:
+
+        @app.get("/metrics", dependencies=authorized, include_in_schema=False)
+        async def prometheus() -> Response:
+            data, content_type = metrics.render()
+            return Response(data, media_type=content_type)
 
     @app.get("/v1/models", dependencies=authorized)
     async def models() -> dict:
@@ -115,6 +135,17 @@ def create_app(model: GritModel, config: ServeConfig | None = None, rag=None) ->
             return await rag_answer_route(server, body, request)
 
     return app
+
+
+def decoding_gate(model: GritModel, config: ServeConfig) -> FairGate | ContinuousDecoder:
+    """The model's gate: a continuous-batching decoder where the model allows one, else a plain fair lock (chats
+    then advance in turn, one token each)."""
+    gate = FairGate()
+    reason = unsupported(model.lm) if config.max_decode_batch > 1 else "max_decode_batch is 1"
+    if reason is not None:
+        log.info("generations are decoded one at a time, in turn: %s", reason)
+        return gate
+    return ContinuousDecoder(model.lm, model.tokenizer, gate, config.max_decode_batch)
 
 
 def api_key_check(api_key: str | None) -> Callable:

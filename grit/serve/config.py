@@ -46,7 +46,11 @@ class ServeConfig:
     )
     max_tokens_cap: int = opt(2048, "the largest max_tokens a generation request may ask for")
     max_prompts: int = opt(64, "prompts per completions request (decoded together)")
-    generate_batch_size: int = opt(8, "prompts decoded together (~2x the prompts/s of one at a time on 2 CPU cores)")
+    max_decode_batch: int = opt(
+        32, "generations decoded together, one forward pass per token for all (continuous batching); 1: in turn"
+    )
+    generate_batch_size: int = opt(8, "prompts of one request decoded together where continuous batching is off")
+    metrics: bool = opt(True, "serve GET /metrics (Prometheus text format, behind the API key)")
     max_body_bytes: int = opt(16 * 1024 * 1024, "the largest request body, in bytes")
     max_batch_texts: int = opt(256, "texts one embedding batch gathers from queued requests")
     batch_wait_ms: float = opt(10.0, "how long a batch that has the model waits for more requests")
@@ -64,7 +68,7 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_pending", "max_inputs", "max_tokens_cap", "max_prompts", "generate_batch_size",
-                     "max_body_bytes", "max_batch_texts", "embed_batch_size"):  # fmt: skip
+                     "max_decode_batch", "max_body_bytes", "max_batch_texts", "embed_batch_size"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.request_timeout_s > 0 or self.keep_alive_s < 1 or self.max_connections < 1:

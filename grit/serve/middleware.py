@@ -79,8 +79,9 @@ class RequestLog:
     and logs ``METHOD path status seconds id=...`` and what the route noted (tokens, inputs) when the response has
     been sent completely, so a streamed answer is logged with its whole duration."""
 
-    def __init__(self, app, write: bool = True):
-        self.app, self.write = app, write  # write=False: ids only, no log lines
+    def __init__(self, app, write: bool = True, observe=None):
+        # write=False: ids only, no log lines. observe(method, path, status, seconds, noted): metrics.
+        self.app, self.write, self.observe = app, write, observe
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -98,10 +99,12 @@ class RequestLog:
 
         try:
             await self.app(scope, receive, logged_send)
-        finally:
-            if self.write:  # a return here would swallow the exception
-                noted = scope.get("state", {}).get("log", {})
+        finally:  # a return here would swallow the exception
+            noted = scope.get("state", {}).get("log", {})
+            seconds = time.perf_counter() - start
+            if self.observe is not None:
+                self.observe(scope["method"], scope["path"], status["code"], seconds, noted)
+            if self.write:
                 fields = " ".join(f"{k}={v}" for k, v in noted.items())
-                seconds = time.perf_counter() - start
                 log.info("%s %s %s %.3fs id=%s %s", scope["method"], scope["path"], status["code"] or "-", seconds,
                          request_id, fields)  # fmt: skip

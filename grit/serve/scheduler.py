@@ -6,10 +6,10 @@ The scheduling, and why:
   after the other: they fight over the same cores (with OpenMP, much slower: spinning threads collide), and on a GPU
   they fight over memory. So the model is a lock, handed out first come, first served (a ticket lock: plain
   ``threading.Lock`` lets a releasing thread take it right back and starve the others).
-* **Generation gives the model back after every token** (``FairGate.between_tokens``, called by
-  ``grit.generation`` from inside transformers' decoding loop). A waiting embedding batch or another request's next
-  token goes first, then this generation continues. A long chat therefore delays an embedding request by about one
-  decoding step, not by its whole length; concurrent chats advance in turn, token by token.
+* **Generation gives the model back after every token** (the decoder's steps, or ``FairGate.between_tokens``
+  called from inside transformers' decoding loop). A waiting embedding batch or another request's prefill goes
+  first, then decoding continues. A long chat therefore delays an embedding request by about one decoding step,
+  not by its whole length.
 * **Embedding requests are batched** (``EmbeddingBatcher``). One thread collects requests; while it waits for the
   model, more requests queue up, and when it gets the model it takes all of them (up to ``max_batch_texts``) into one
   call per instruction, so many small requests cost about what one large one costs.
@@ -17,8 +17,11 @@ The scheduling, and why:
   line, in arrival order, up to ``admission_wait_s``, and are refused after that (HTTP 503 with ``Retry-After``)
   rather than queued without limit.
 
-Decoding is not batched across requests (continuous batching as in vLLM): on this CPU a single sequence's decoding
-step is already bound by memory bandwidth over the weights, so batching would help throughput; it is left for later.
+* **Generations are decoded together** (``grit.decoding.ContinuousDecoder``, continuous batching as in vLLM): the
+  server's gate is the decoder, which holds the model for one step of every active generation at a time; a new
+  request prefills (in chunks, each one turn of the gate) and joins the batch between steps. Where a model cannot
+  be batched that way (``grit.decoding.unsupported``) or ``max_decode_batch`` is 1, generations advance in turn,
+  one token each (``FairGate.between_tokens``).
 """
 
 from __future__ import annotations
@@ -192,6 +195,7 @@ class EmbeddingBatcher:
         self._thread = threading.Thread(target=self._loop, name="grit-embed", daemon=True)
         self._thread.start()
         self.batches = 0  # how many encode calls ran (tests and logs read it)
+        self.on_batch = None  # called with each batch's number of texts (metrics)
 
     def submit(self, texts: list[str], instruction: str, max_length: int) -> Future:
         """A future of the (len(texts), dim) float32 normalized embeddings."""
@@ -242,6 +246,8 @@ class EmbeddingBatcher:
         try:
             vectors = self._encode(texts, instruction, max_length)
             self.batches += 1
+            if self.on_batch is not None:
+                self.on_batch(len(texts))
         except Exception as e:  # inputs are checked before they are queued; this is a server fault
             log.exception("embedding batch of %d texts failed", len(texts))
             for job in group:

@@ -18,6 +18,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool
 
+from grit.decoding import ContinuousDecoder
 from grit.generation import SamplingParams, Stream
 from grit.model import GritModel, truncate
 from grit.serve.config import ServeConfig
@@ -36,7 +37,7 @@ class Server:
     model: GritModel
     config: ServeConfig
     name: str
-    gate: FairGate
+    gate: FairGate | ContinuousDecoder  # the model's lock; the decoder batches generations too
     batcher: EmbeddingBatcher
     admission: Admission
     rag: object | None = None  # grit.rag.RAG

@@ -199,11 +199,14 @@ PROMPTS = [PROMPT, "Logging defines", "The json module exposes an API for"]
 
 
 def test_several_prompts_get_one_choice_each_in_order(client, tiny_grit):
-    # Seeded sampling, so each choice is its own text: the served answers equal the same batch decoded in-process,
-    # in the prompts' order (complete_batch sorts by length inside).
+    # Seeded sampling, so each choice is its own text: decoded together in the server's batch, each answer is the
+    # one its prompt gets alone with that seed (each generation draws from its own seeded generator), in order.
+    # A low temperature: the tiny random model's next-token distributions are near uniform, and one seed would draw
+    # the same tokens for every prompt.
+    sampling = {"temperature": 0.1, "seed": 0}
     ids = [tiny_grit.prompt_ids(p, 10, raw=True) for p in PROMPTS]
-    expected = generation.complete_batch(tiny_grit.lm, tiny_grit.tokenizer, ids, SamplingParams(10, **SEEDED))
-    response = client.completions.create(model=MODEL, prompt=PROMPTS, max_tokens=10, **SEEDED)
+    expected = [generation.complete(tiny_grit.lm, tiny_grit.tokenizer, x, SamplingParams(10, **sampling)) for x in ids]
+    response = client.completions.create(model=MODEL, prompt=PROMPTS, max_tokens=10, **sampling)
     assert [c.index for c in response.choices] == [0, 1, 2]
     assert [c.text for c in response.choices] == [g.text for g in expected]
     assert len({g.text for g in expected}) == 3
@@ -382,3 +385,45 @@ def test_serve_options_come_from_serve_config(capsys):
         parser.parse_args(["serve", "--rag-cache", "everything"])
     with pytest.raises(ValueError, match="rag_cache must be one of"):
         ServeConfig(rag_cache="everything")
+
+
+def scrape(http) -> dict[tuple[str, tuple], float]:
+    """GET /metrics parsed: (sample name, sorted labels) → value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = http.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(response.text) for s in family.samples}  # fmt: skip
+
+
+def test_metrics_count_requests_tokens_and_batches(client, http, live):
+    before = scrape(http)
+    embedded = client.embeddings.create(model=MODEL, input=["one text", "and another"])
+    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=5,
+                                          temperature=0)  # fmt: skip
+    after = scrape(http)
+
+    def grew(name: str, **labels) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grew("grit_requests_total", route="/v1/embeddings", status="200") == 1
+    assert grew("grit_requests_total", route="/v1/chat/completions", status="200") == 1
+    assert grew("grit_tokens_total", kind="embedding") == embedded.usage.prompt_tokens
+    assert grew("grit_tokens_total", kind="completion") == chat.usage.completion_tokens
+    assert grew("grit_tokens_total", kind="prompt") == chat.usage.prompt_tokens
+    assert grew("grit_embedding_inputs_total") == 2
+    assert grew("grit_request_duration_seconds_count", route="/v1/embeddings") == 1
+    assert grew("grit_time_to_first_token_seconds_count") == 1
+    assert grew("grit_decode_batch_size_count") == chat.usage.completion_tokens - 1  # the first token is prefill's
+    assert grew("grit_embedding_batch_texts_sum") >= 2
+    assert after[("grit_requests_in_progress", ())] == 0 and after[("grit_generations_active", ())] == 0
+    # An unknown path is counted under one label, not one per path a client makes up.
+    assert http.get("/no/such/path").status_code == 404
+    assert scrape(http).get(("grit_requests_total", (("route", "other"), ("status", "404"))), 0) >= 1
+
+
+def test_metrics_need_the_api_key(live):
+    with httpx.Client(base_url=live.url, timeout=30) as anonymous:
+        assert anonymous.get("/metrics").status_code == 401

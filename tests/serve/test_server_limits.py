@@ -16,6 +16,7 @@ from openai import OpenAI
 from transformers import TextIteratorStreamer
 
 from grit import generation
+from grit.decoding import ContinuousDecoder
 from grit.serve.app import create_app
 from grit.serve.config import ServeConfig
 
@@ -367,11 +368,38 @@ class Observed:
         await self.app(scope, watched_receive, send)
 
 
-@pytest.fixture(scope="module")
-def observed(tiny_grit):
+@pytest.fixture(scope="module", params=[32, 1], ids=["batched", "in-turn"])
+def observed(tiny_grit, request):
+    """The server with continuous batching (generations share each decoding step), and without (they advance in
+    turn, one token each)."""
     executor = ThreadPoolExecutor(DEFAULT_THREADS, thread_name_prefix="test-default")
-    with serve(Observed(create_app(tiny_grit, ServeConfig(model_name=MODEL)), executor)) as running:
+    config = ServeConfig(model_name=MODEL, max_decode_batch=request.param)
+    with serve(Observed(create_app(tiny_grit, config), executor)) as running:
+        assert isinstance(running.server.gate, ContinuousDecoder) == (request.param > 1)
         yield running
+
+
+def before_each_token(server, monkeypatch, hook: Callable[[], bool | None]) -> None:
+    """Call ``hook`` before generation makes its next token: before each step of the decoder (one token for every
+    generation in the batch), or, in turn, after each generation's token. ``hook`` returning False skips that step
+    (the decoder comes back to it after giving the model to whoever waits)."""
+    gate = server.gate
+    if isinstance(gate, ContinuousDecoder):
+        step = gate._step
+
+        def stepped() -> None:
+            if hook() is not False:
+                step()
+
+        monkeypatch.setattr(gate, "_step", stepped)
+    else:
+        original = gate.between_tokens
+
+        def between_tokens() -> None:
+            hook()
+            original()
+
+        monkeypatch.setattr(gate, "between_tokens", between_tokens)
 
 
 @pytest.fixture
@@ -416,8 +444,7 @@ def test_client_disconnect_stops_a_streamed_generation(observed, observed_client
     makes each token only once the stream has asked for more, so the count of tokens after the disconnect is what
     the server asked for, not how far generation got while the server was busy."""
     server, client, app = observed.server, observed_client, observed.app
-    original = server.gate.between_tokens
-    calls = [0]  # generation's tokens (its calls to between_tokens)
+    calls = [0]  # generation's tokens (calls to the hook before each)
     streamers: list[CountingStreamer] = []
     cancels: list[threading.Event] = []
     marks: dict[str, int] = {}  # the token after the first text, and after the first text sent after the disconnect
@@ -437,7 +464,6 @@ def test_client_disconnect_stops_a_streamed_generation(observed, observed_client
             if app.disconnected.is_set():  # one token at a time: until cancelled, only when the stream asks for more
                 hold_until(lambda: cancel.is_set() or streamer.asked > streamer.queued,
                            "the stream to be cancelled or to ask for more", timeouts)  # fmt: skip
-        original()
 
     def streamer(*args, **kwargs) -> CountingStreamer:
         streamers.append(CountingStreamer(*args, **kwargs))
@@ -449,7 +475,7 @@ def test_client_disconnect_stops_a_streamed_generation(observed, observed_client
         cancels.append(inspect.signature(real_stream_text).bind(*args, **kwargs).arguments["cancel"])
         return real_stream_text(*args, **kwargs)
 
-    monkeypatch.setattr(server.gate, "between_tokens", watched_between_tokens)
+    before_each_token(server, monkeypatch, watched_between_tokens)
     monkeypatch.setattr(generation, "TextIteratorStreamer", streamer)
     monkeypatch.setattr(generation, "stream_text", stream_text)
     whole = client.chat.completions.create(model=MODEL, messages=LONG, temperature=0, max_tokens=64)
@@ -483,24 +509,39 @@ def test_client_disconnect_stops_a_streamed_generation(observed, observed_client
 def test_an_embedding_is_not_stuck_behind_more_chats_than_worker_threads(observed, observed_client, monkeypatch):
     """Non-streamed chats each keep a thread busy for their whole generation; with more of them than the event loop's
     default executor has threads (there an embedding request counts its tokens), an embedding request must still go
-    first, after about one token of each chat, not wait for a chat to end.
+    first, after about one token of each chat (in turn) or one step of all (batched), not wait for a chat to end.
 
     Until the embedding is answered, a chat makes its next token only while every other user of the model (the other
-    chats, and the embedding batch once it is queued) waits in line behind it: no chat can end first by being fast."""
+    chats, and the embedding batch once it is queued) waits in line behind it: no chat can end first by being fast.
+    Batched, no step runs until every chat is in the batch, and then each waits for the embedding to be in line."""
     server, client = observed.server, observed_client
+    gate = server.gate
+    batched = isinstance(gate, ContinuousDecoder)
     chats = DEFAULT_THREADS + 1
     assert server.config.max_pending > chats  # all are admitted, the embedding too, and each chat has a worker
-    original = server.gate.between_tokens
     events: list[str] = []  # in order: "token", "embedding queued", "embedding computed", "... answered"
     answered, held = threading.Event(), threading.Event()
     timeouts: list[str] = []
 
-    def between_tokens() -> None:
+    def in_turn() -> None:
         events.append("token")
-        if not answered.is_set() and server.gate.waiting < chats:
+        if not answered.is_set() and gate.waiting < chats:
             held.set()
-            hold_until(lambda: answered.is_set() or server.gate.waiting >= chats, "all in line", timeouts)
-        original()
+            hold_until(lambda: answered.is_set() or gate.waiting >= chats, "all in line", timeouts)
+
+    def one_step() -> bool:
+        if answered.is_set():
+            return True
+        if gate.active < chats:
+            return False  # no token yet: every chat joins first
+        held.set()
+        if "embedding computed" in events:
+            hold_until(answered.is_set, "the embedding to be answered", timeouts)
+        else:
+            hold_until(lambda: answered.is_set() or ("embedding queued" in events and gate.waiting >= 1),
+                       "the embedding batch in line", timeouts)  # fmt: skip
+        events.append("token")
+        return True
 
     real_submit = server.batcher.submit
 
@@ -510,7 +551,7 @@ def test_an_embedding_is_not_stuck_behind_more_chats_than_worker_threads(observe
         future.add_done_callback(lambda _: events.append("embedding computed"))
         return future
 
-    monkeypatch.setattr(server.gate, "between_tokens", between_tokens)
+    before_each_token(server, monkeypatch, one_step if batched else in_turn)
     monkeypatch.setattr(server.batcher, "submit", submit)
 
     def chat() -> None:
@@ -522,7 +563,8 @@ def test_an_embedding_is_not_stuck_behind_more_chats_than_worker_threads(observe
         t.start()
     try:
         # One chat holds the model, the others wait for it: every chat has a thread, and they are all in use.
-        wait_until(lambda: held.is_set() and server.gate.waiting == chats - 1, 20, "every chat to be generating")
+        in_line = (lambda: gate.active == chats) if batched else (lambda: gate.waiting == chats - 1)
+        wait_until(lambda: held.is_set() and in_line(), 20, "every chat to be generating")
         client.with_options(timeout=30).embeddings.create(model=MODEL, input="me first")
         events.append("embedding answered")
     finally:
@@ -534,4 +576,5 @@ def test_an_embedding_is_not_stuck_behind_more_chats_than_worker_threads(observe
     assert events.index("embedding answered") < events.index("chat answered"), events
     queued, computed = events.index("embedding queued"), events.index("embedding computed")
     waited = events[queued:computed].count("token")
-    assert waited <= chats, f"the embedding waited for {waited} tokens of {chats} chats"
+    limit = 1 if batched else chats
+    assert waited <= limit, f"the embedding waited for {waited} tokens ({'steps' if batched else chats} chats)"
