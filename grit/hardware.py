@@ -52,6 +52,26 @@ def cpu_has_fast_bf16() -> bool:
     return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("" where that file does not say)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+
+
+def describe_machine() -> str:
+    """One line naming what a benchmark ran on: CPU model and count, torch's CPU kernels, native bfloat16, GPU."""
+    import os
+
+    flags = cpu_flags()
+    bf16 = "AMX" if "amx_bf16" in flags else ("AVX512-BF16" if "avx512_bf16" in flags else "no native bf16")
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return (f"{cpu_model() or 'unknown CPU'}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+            f"{torch.backends.cpu.get_cpu_capability()} kernels, {bf16}{gpu}")  # fmt: skip
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 

@@ -234,6 +234,7 @@ class GritModel:
         show_progress: bool | None = None,
         normalize_embeddings: bool | None = None,
         show_progress_bar: bool | None = None,
+        packed: bool = True,
     ) -> np.ndarray | torch.Tensor:
         """Embed texts: bidirectional attention, pooled over the text tokens only (instruction masked out).
 
@@ -251,6 +252,9 @@ class GritModel:
             convert_to_tensor: A torch tensor on the model's device instead of a numpy array.
             normalize_embeddings, show_progress_bar: sentence-transformers' names for ``normalize`` and
                 ``show_progress``.
+            packed: Several texts per row of a forward pass, each attending only to itself, so no padding is
+                computed (``grit.embedding.packed_forward``); False pads each batch to its longest text. Equal up
+                to float round-off.
         Returns:
             float32 array ``(n, dim)`` (or quantized), or ``(dim,)`` for a single string.
         Example:
@@ -262,7 +266,7 @@ class GritModel:
         normalize = normalize if normalize_embeddings is None else normalize_embeddings
         show_progress = show_progress if show_progress_bar is None else show_progress_bar
         vectors = self._embed(items, instruction, batch_size, max_length, pooling, normalize, show_progress,
-                              truncate_dim=truncate_dim)  # fmt: skip
+                              truncate_dim=truncate_dim, packed=packed)  # fmt: skip
         if precision != "float32":
             vectors = quantize(vectors, precision)
         vectors = vectors[0] if single else vectors
@@ -300,7 +304,7 @@ class GritModel:
         return self._embed(items, instruction, batch_size, max_length, None, True, None, with_cache=True)
 
     def _embed(self, items, instruction, batch_size, max_length, pooling, normalize, show_progress, with_cache=False,
-               truncate_dim=None):  # fmt: skip
+               truncate_dim=None, packed=True):  # fmt: skip
         if not isinstance(instruction, str):
             raise TypeError(f"instruction must be a string, got {type(instruction).__name__}")
         check_text(instruction, "instruction")
@@ -319,6 +323,7 @@ class GritModel:
             bidirectional=self.bidirectional,
             show_progress=show_progress,
             with_cache=with_cache,
+            packed=packed,
         )
         if dim is None:
             return out

@@ -112,3 +112,63 @@ def test_bfloat16_close_to_float32(tiny_model_path, tiny_grit):
     assert b.dtype == np.float32
     cosines = (a * b).sum(1)
     assert cosines.min() > 0.99, f"bf16 vs fp32 cosines {cosines}"
+
+
+MIXED = [
+    "A man plays a guitar.",
+    "The logging module defines functions and classes which implement a flexible event logging system for "
+    "applications and libraries, and the key benefit of having the logging API provided by a standard library module "
+    "is that all Python modules can participate in logging.",
+    "Hi",
+    "argparse makes it easy to write user-friendly command-line interfaces.",
+    "json exposes an API familiar to users of the standard library marshal and pickle modules.",
+    "ok",
+]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "weighted_mean", "last", "cls"])
+@pytest.mark.parametrize("bidirectional", [True, False], ids=["bidirectional", "causal"])
+def test_packed_batches_equal_padded_ones(tiny_grit, pooling, bidirectional):
+    """Several texts in one row, each attending only to itself from position 0: the padded computation's vectors
+    (and key/value caches) within float32 round-off."""
+    from grit import embedding
+
+    prefix = tiny_grit.format.embed_prefix("Retrieve similar sentences")
+    base, tok = tiny_grit.lm.base_model, tiny_grit.tokenizer
+    common = dict(batch_size=4, max_length=128, pooling=pooling, normalize=True, bidirectional=bidirectional)
+    lengths = sorted((len(x.ids) for x in tiny_grit.embedding_inputs(MIXED, "Retrieve similar sentences")))[::-1]
+    _, rows = embedding.pack(lengths[:4], embedding.attention_width(base.config))
+    assert max(len(row) for row in rows) > 1  # the first batch of 4 does put texts side by side
+    padded, padded_caches = embedding.embed(base, tok, MIXED, prefix, packed=False, with_cache=True, **common)
+    packed, packed_caches = embedding.embed(base, tok, MIXED, prefix, packed=True, with_cache=True, **common)
+    np.testing.assert_allclose(packed, padded, atol=2e-5)
+    for a, b in zip(packed_caches, padded_caches, strict=True):
+        assert a.ids == b.ids and a.attention == b.attention
+        for x, y in zip(a.keys + a.values, b.keys + b.values, strict=True):
+            torch.testing.assert_close(x, y, atol=2e-5, rtol=1e-4)
+
+
+def test_packing_puts_short_texts_together_and_every_text_in_one_row():
+    from grit.embedding import pack
+
+    lengths = [120, 10, 10, 30, 100, 5, 5, 70]
+    width, rows = pack(lengths, width_cost=3000)
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    assert width >= max(lengths) and all(sum(lengths[i] for i in row) <= width for row in rows)
+    assert len(rows) < len(lengths)  # short texts share rows
+    # Rows never get wider than the cheapest choice: with attention as costly as linear layers, a wide row loses.
+    narrow, _ = pack([8] * 64, width_cost=8)
+    assert narrow < 128
+
+
+def test_packing_keeps_ids_positions_and_segments_apart(tiny_grit):
+    from grit.embedding import pack_batch
+
+    items = tiny_grit.embedding_inputs(MIXED, "")
+    batch = pack_batch(items, 0, torch.device("cpu"), width_cost=3000)
+    for j, (item, (row, start)) in enumerate(zip(items, batch.places, strict=True)):
+        n = len(item.ids)
+        assert batch.ids[row, start : start + n].tolist() == item.ids
+        assert batch.positions[row, start : start + n].tolist() == list(range(n))
+        assert set(batch.segments[row, start : start + n].tolist()) == {j + 1}
+    assert int((batch.segments > 0).sum()) == sum(len(x.ids) for x in items)  # every real token once, no more
