@@ -4,8 +4,8 @@
     python bench/encode_mixed.py --dtype bfloat16 --repeats 5
 
 Texts are real and of very different lengths, in a seeded shuffle: STS-B test sentences (~10-30 tokens) and
-Cranfield abstracts (~100-400 tokens, cut at --max-length 256) from ../shared/data. Three ways to embed them, batch 32 each, alternated over
-``--repeats`` rounds to spread machine noise evenly:
+Cranfield abstracts (~100-400 tokens, cut at --max-length 256) from ../shared/data. Three ways to embed them,
+batch 32 each, alternated over ``--repeats`` rounds to spread machine noise evenly:
   - plain: what a user writes by hand, batches in input order, each right-padded to its longest text
     (tokenizer(padding=True) → the decoder body → masked mean), with grit's bidirectional mask;
   - padded: ``GritModel.encode(packed=False)``: texts sorted by length, right-padded batches;

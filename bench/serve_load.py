@@ -23,11 +23,13 @@ import argparse
 import json
 import os
 import random
+import shlex
 import socket
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -60,9 +62,10 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.open()]
 
 
-def start_server(model: str | None, port: int, clients: int, request_timeout: float) -> subprocess.Popen:
+def start_server(model: str | None, port: int, clients: int, request_timeout: float,
+                 extra: Sequence[str] = ()) -> subprocess.Popen:  # fmt: skip
     command = [sys.executable, "-m", "grit.cli", "-q", "serve", "--port", str(port), "--max-pending", str(4 * clients),
-               "--request-timeout", str(request_timeout)]  # fmt: skip
+               "--request-timeout", str(request_timeout), *extra]  # fmt: skip
     if model:
         command += ["--model", model]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -134,6 +137,7 @@ def main() -> None:
     parser.add_argument("--idle-sockets", type=int, default=32)
     parser.add_argument("--request-timeout", type=float, default=5.0, help="the server's, for phase 4")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--server-args", default="", help="more `grit serve` flags, e.g. '--max-decode-batch 1'")
     args = parser.parse_args()
 
     sentences = [s for r in read_jsonl(SHARED / "sts" / "stsb-test.jsonl") for s in (r["sentence1"], r["sentence2"])]
@@ -143,7 +147,8 @@ def main() -> None:
     batches = [rng.sample(sentences, per) for _ in range(args.embed_requests)]
 
     port = free_port()
-    server = start_server(args.model, port, max(args.clients, args.busy_clients), args.request_timeout)
+    server = start_server(args.model, port, max(args.clients, args.busy_clients), args.request_timeout,
+                          shlex.split(args.server_args))  # fmt: skip
     try:
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=600)
         name = client.models.list().data[0].id

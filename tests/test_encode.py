@@ -136,7 +136,7 @@ def test_packed_batches_equal_padded_ones(tiny_grit, pooling, bidirectional):
     prefix = tiny_grit.format.embed_prefix("Retrieve similar sentences")
     base, tok = tiny_grit.lm.base_model, tiny_grit.tokenizer
     common = dict(batch_size=4, max_length=128, pooling=pooling, normalize=True, bidirectional=bidirectional)
-    lengths = sorted((len(x.ids) for x in tiny_grit.embedding_inputs(MIXED, "Retrieve similar sentences")))[::-1]
+    lengths = sorted(len(x.ids) for x in tiny_grit.embedding_inputs(MIXED, "Retrieve similar sentences"))[::-1]
     _, rows = embedding.pack(lengths[:4], embedding.attention_width(base.config))
     assert max(len(row) for row in rows) > 1  # the first batch of 4 does put texts side by side
     padded, padded_caches = embedding.embed(base, tok, MIXED, prefix, packed=False, with_cache=True, **common)
