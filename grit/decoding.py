@@ -28,18 +28,21 @@ time by ``transformers.generate`` instead (``unsupported``).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
 from grit.generation import Gate, SamplingParams, StopOnText, generation_config, prefill
+from grit.hardware import decode_threads, torch_threads
 from grit.transformers_compat import cache_argument
 
 log = logging.getLogger(__name__)
@@ -137,7 +140,8 @@ class ContinuousDecoder:
     ``max_batch`` caps the sequences decoded at once; more wait, in arrival order, for a row to free up.
     """
 
-    def __init__(self, lm: torch.nn.Module, tokenizer, gate: Gate, max_batch: int = 32) -> None:
+    def __init__(self, lm: torch.nn.Module, tokenizer, gate: Gate, max_batch: int = 32,
+                 threads: int | None = None) -> None:  # fmt: skip
         reason = unsupported(lm)
         if reason is not None:
             raise ValueError(f"{type(lm).__name__} cannot be decoded in a shared batch: {reason}")
@@ -145,6 +149,8 @@ class ContinuousDecoder:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.lm, self.tokenizer, self.gate, self.max_batch = lm, tokenizer, gate, max_batch
         self.device = next(lm.parameters()).device
+        # Decoding steps on the CPU run on fewer threads than prefill (grit.hardware's module doc says why).
+        self.threads = threads or (decode_threads(torch.get_num_threads()) if self.device.type == "cpu" else 0)
         self._joining: deque[tuple[Row, object]] = deque()
         self._wake = threading.Condition()
         self._closed = False
@@ -157,6 +163,7 @@ class ContinuousDecoder:
         self.on_first_token: Callable[[float], None] | None = None  # seconds from start() to the first token
         self._thread = threading.Thread(target=self._loop, name="grit-decode", daemon=True)
         self._thread.start()
+        OPEN.add(self)
 
     # The gate's side: what the rest of the server holds the model with.
     def hold(self) -> AbstractContextManager:
@@ -179,7 +186,9 @@ class ContinuousDecoder:
         with self._wake:
             self._closed = True
             self._wake.notify_all()
-        self._thread.join(timeout=30)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+        OPEN.discard(self)
 
     def start(self, ids: torch.Tensor, params: SamplingParams, past_key_values=None, cancel=None, streamer=None):
         """Prefill ``ids`` (1, T) in the caller's thread (on top of ``past_key_values``, which may hold the states
@@ -255,7 +264,7 @@ class ContinuousDecoder:
                 free = self.max_batch - len(self._rows)
                 joins = [self._joining.popleft() for _ in range(min(free, len(self._joining)))]
             try:
-                with self.gate.hold(), torch.inference_mode():
+                with self.gate.hold(), torch.inference_mode(), self._threads():
                     self._merge(joins)
                     self._step()
             except Exception as e:  # a fault in the model: every sequence in the batch gets it
@@ -265,6 +274,9 @@ class ContinuousDecoder:
                 self._rows, self._cache, self._mask = [], None, None
         for seq in self._rows + joining:
             seq.finish(RuntimeError("the decoder was closed"))
+
+    def _threads(self):
+        return torch_threads(self.threads) if self.threads else nullcontext()
 
     def _merge(self, joins: list[tuple[Row, object]]) -> None:
         """Add the joining sequences' caches to the batch, every cache left-padded to the widest."""
@@ -326,6 +338,17 @@ class ContinuousDecoder:
         self._cache = DynamicCache(layers, config=self.lm.config)
         self._mask = mask[:, first:]
         self._rows = [self._rows[i] for i in keep]
+
+
+OPEN: weakref.WeakSet[ContinuousDecoder] = weakref.WeakSet()
+
+
+@atexit.register
+def close_all() -> None:
+    """A decoding thread still waiting when the interpreter exits aborts it ("terminate called without an active
+    exception", from torch's thread pools): every open decoder is closed first."""
+    for decoder in list(OPEN):
+        decoder.close()
 
 
 def pad_left(states: torch.Tensor, width: int) -> torch.Tensor:
