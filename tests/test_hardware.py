@@ -117,3 +117,15 @@ def test_grit_info_shows_the_resolved_placement(tiny_model_path, capsys):
     facts = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
     assert facts["device"] == "cpu" and facts["dtype"] == "float32" and facts["threads"] == "1"
     assert facts["identity"].startswith(tiny_model_path.name + "-")
+
+
+def test_decoding_steps_take_fewer_threads_and_the_count_comes_back():
+    import torch
+
+    from grit.hardware import decode_threads, torch_threads
+
+    assert [decode_threads(n) for n in (1, 2, 4, 8, 16)] == [1, 1, 1, 4, 8]
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
