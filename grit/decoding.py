@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from grit.generation import Gate, SamplingParams, StopOnText, generation_config, prefill
+from grit.generation import Gate, SamplingParams, StopOnText, generation_config, prefill, token_set
 from grit.hardware import decode_threads, torch_threads
 from grit.transformers_compat import cache_argument
 
@@ -195,8 +195,7 @@ class ContinuousDecoder:
         of its first tokens) and hand the sequence to the decoding thread. Returns a future of the prompt and the
         generated tokens (1, T + new), as ``transformers.generate`` returns them."""
         config = generation_config(self.lm, params, self.tokenizer)
-        ends = config.eos_token_id
-        ends = set(ends) if isinstance(ends, list | tuple | set) else ({int(ends)} if ends is not None else set())
+        ends = token_set(config.eos_token_id)
         generator = torch.Generator(device=self.device)
         if params.seed is not None:
             generator.manual_seed(params.seed)

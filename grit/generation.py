@@ -269,7 +269,7 @@ def finish_tokens(tokenizer, prompt_tokens: int, new: torch.Tensor, params: Samp
     """``finish`` for the generated tokens ``new`` (1-D) of a prompt of ``prompt_tokens`` tokens."""
     text, stopped = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), params.stop)
     eos = tokenizer.eos_token_id
-    ended = stopped or (len(new) > 0 and eos is not None and int(new[-1]) in _as_set(eos))
+    ended = stopped or (len(new) > 0 and int(new[-1]) in token_set(eos))
     if ended:
         reason = "stop"
     elif len(new) >= params.max_new_tokens:
@@ -279,7 +279,10 @@ def finish_tokens(tokenizer, prompt_tokens: int, new: torch.Tensor, params: Samp
     return Generation(text, prompt_tokens, len(new), reason)
 
 
-def _as_set(token_ids) -> set[int]:
+def token_set(token_ids) -> set[int]:
+    """End token ids as a set, whether a config holds one id, a list of them, or None."""
+    if token_ids is None:
+        return set()
     return set(token_ids) if isinstance(token_ids, list | tuple | set) else {int(token_ids)}
 
 
@@ -316,7 +319,7 @@ def complete_batch(
         futures = [gate.start(ids, params, cancel=cancel) for ids in prompts]
         return [finish(tokenizer, ids, f.result(), params, cancel) for ids, f in zip(prompts, futures, strict=True)]
     pad = generation_config(model, params, tokenizer).pad_token_id
-    ends = _as_set(tokenizer.eos_token_id) if tokenizer.eos_token_id is not None else set()
+    ends = token_set(tokenizer.eos_token_id)
     out: list[Generation | None] = [None] * len(prompts)
     for group in length_groups([p.shape[1] for p in prompts], batch_size):
         if cancel is not None and cancel.is_set():

@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from grit.decoding import ContinuousDecoder, unsupported
+from grit.decoding import ContinuousDecoder
 from grit.model import GritModel
 from grit.serve.bodies import StrictJSONRoute
 from grit.serve.config import ServeConfig
@@ -140,12 +140,13 @@ def create_app(model: GritModel, config: ServeConfig | None = None, rag=None) ->
 def decoding_gate(model: GritModel, config: ServeConfig) -> FairGate | ContinuousDecoder:
     """The model's gate: a continuous-batching decoder where the model allows one, else a plain fair lock (chats
     then advance in turn, one token each)."""
-    gate = FairGate()
-    reason = unsupported(model.lm) if config.max_decode_batch > 1 else "max_decode_batch is 1"
-    if reason is not None:
-        log.info("generations are decoded one at a time, in turn: %s", reason)
-        return gate
-    return ContinuousDecoder(model.lm, model.tokenizer, gate, config.max_decode_batch)
+    if config.max_decode_batch == 1:
+        return FairGate()
+    try:
+        return ContinuousDecoder(model.lm, model.tokenizer, FairGate(), config.max_decode_batch)
+    except ValueError as e:  # the model cannot be batched (grit.decoding.unsupported says why)
+        log.info("generations are decoded one at a time, in turn: %s", e)
+        return FairGate()
 
 
 def api_key_check(api_key: str | None) -> Callable:
