@@ -155,14 +155,17 @@ def main() -> None:
     parser.add_argument("--chat-tokens", type=int, default=128)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant, after one warm-up step")
     parser.add_argument("--variants", default="full,lora", help="full, lora or both")
+    parser.add_argument("--loops", default="grit,plain", help="grit, plain or both")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line (bench/train_recipe.py reads it)")
     args = parser.parse_args()
 
     emb, gen = make_batch(args)
     tokens = int(emb.query_padding.sum() + emb.passage_padding.sum() + gen.attention_mask.sum())
     context = multiprocessing.get_context("spawn")
     results = {}
+    loops = args.loops.split(",")
     for variant in args.variants.split(","):
-        for loop in ("grit", "plain"):
+        for loop in loops:
             with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:  # a fresh process each
                 results[variant, loop] = pool.submit(run_variant, loop, variant == "lora", args, emb, gen).result()
     dtype = next(iter(results.values()))["dtype"]
@@ -172,12 +175,17 @@ def main() -> None:
           f"median of {args.steps} steps")  # fmt: skip
     print(f"  {'':<12} {'tokens/s':>9} {'s/step':>8} {'peak MiB':>9}")
     for variant in args.variants.split(","):
-        for loop in ("grit", "plain"):
+        for loop in loops:
             r = results[variant, loop]
             print(f"  {variant:<5} {loop:<6} {tokens / r['seconds']:9.0f} {r['seconds']:8.2f} {r['peak_mib']:9.0f}")
+        if len(loops) < 2:
+            continue
         ratio = results[variant, "plain"]["seconds"] / results[variant, "grit"]["seconds"]
         memory = results[variant, "grit"]["peak_mib"] / results[variant, "plain"]["peak_mib"]
         print(f"  {variant:<5} grit / plain: {ratio:.2f}x the throughput, {memory:.2f}x the peak memory")
+    if args.json:
+        first = results[args.variants.split(",")[0], loops[0]]
+        print(json.dumps({"tokens": tokens, "tokens_per_s": tokens / first["seconds"], **first}))
 
 
 if __name__ == "__main__":

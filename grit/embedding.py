@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from grit.attention import hidden_states
 from grit.kvcache import SpanCache, forward_with_cache, split_caches
+from grit.packing import attention_width, pack_batch, segment_mask, unpack
 from grit.pooling import Pooling, check_pooling, pool
 from grit.text import check_text
 from grit.transformers_compat import returned_cache
@@ -89,85 +90,6 @@ def pad_batch(items: list[EmbeddingInput], pad_id: int, device: torch.device) ->
     return ids.to(device), padding.to(device), text.to(device)
 
 
-@dataclass
-class PackedBatch:
-    """Several texts per row: ``ids``, ``positions`` (each text from 0) and ``segments`` (each text its own number
-    from 1, padding 0), each (R, W); ``places[j]`` = (row, start) of the batch's j-th text."""
-
-    ids: torch.Tensor
-    positions: torch.Tensor
-    segments: torch.Tensor
-    places: list[tuple[int, int]]
-
-
-def attention_width(config) -> int:
-    """Tokens of attention that cost as much as one token's linear layers: per token and layer, the projections
-    and MLP take 2·(2h² + 2h·kv + 3h·ffn) flops, attention over a row of W keys 4·W·h. A packed row of W tokens
-    therefore adds W / attention_width to each token's cost (SmolLM2-135M: about 3,000)."""
-    h = config.hidden_size
-    kv = (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) * (
-        getattr(config, "head_dim", None) or h // config.num_attention_heads
-    )
-    ffn = getattr(config, "intermediate_size", None) or 4 * h
-    return max((2 * h * h + 2 * h * kv + 3 * h * ffn) // (2 * h), 1)
-
-
-PACK_WIDTHS = (128, 256, 512, 1024)  # row widths tried (a row is never narrower than the batch's longest text)
-
-
-def pack(lengths: Sequence[int], width_cost: int) -> tuple[int, list[list[int]]]:
-    """Row width and rows (lists of indices into ``lengths``) for a batch, by first-fit decreasing at each candidate
-    width; the cheapest is kept: rows x width tokens, each costing 1 + width / ``width_cost`` (attention)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    longest = lengths[order[0]]
-    best: tuple[float, int, list[list[int]]] | None = None
-    for width in sorted({longest, *(max(w, longest) for w in PACK_WIDTHS)}):
-        rows: list[list[int]] = []
-        free: list[int] = []
-        for i in order:
-            row = next((r for r, room in enumerate(free) if room >= lengths[i]), None)
-            if row is None:
-                rows.append([])
-                free.append(width)
-                row = len(rows) - 1
-            rows[row].append(i)
-            free[row] -= lengths[i]
-        cost = len(rows) * width * (1 + width / width_cost)
-        if best is None or cost < best[0]:
-            best = (cost, width, rows)
-    return best[1], best[2]
-
-
-def pack_batch(items: list[EmbeddingInput], pad_id: int, device: torch.device, width_cost: int) -> PackedBatch:
-    width, rows = pack([len(x.ids) for x in items], width_cost)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    positions = torch.zeros((len(rows), width), dtype=torch.long)
-    segments = torch.zeros((len(rows), width), dtype=torch.long)
-    places: list[tuple[int, int]] = [(0, 0)] * len(items)
-    for r, row in enumerate(rows):
-        start = 0
-        for i in row:
-            n = len(items[i].ids)
-            ids[r, start : start + n] = torch.tensor(items[i].ids)
-            positions[r, start : start + n] = torch.arange(n)
-            segments[r, start : start + n] = i + 1
-            places[i] = (r, start)
-            start += n
-    return PackedBatch(ids.to(device), positions.to(device), segments.to(device), places)
-
-
-def segment_mask(segments: torch.Tensor, causal: bool, dtype: torch.dtype) -> torch.Tensor:
-    """(R, W) segment numbers → (R, 1, W, W) additive mask: a token attends to the tokens of its own segment (all of
-    them, or with ``causal`` those before it). Padding (segment 0) attends to padding, so no row is all masked."""
-    allowed = segments[:, :, None] == segments[:, None, :]
-    if causal:
-        allowed &= torch.tril(torch.ones(allowed.shape[-2:], dtype=torch.bool, device=segments.device))
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=segments.device).masked_fill(
-        ~allowed, torch.finfo(dtype).min
-    )
-    return mask[:, None]
-
-
 def padded_forward(base_model, items: list[EmbeddingInput], pad_id: int, device, bidirectional: bool,
                    with_cache: bool) -> tuple[torch.Tensor, torch.Tensor, list[SpanCache] | None]:  # fmt: skip
     """The forward pass of ``items`` as one right-padded batch: states (B, T, H), text mask (B, T), and with
@@ -185,17 +107,11 @@ def packed_forward(base_model, items: list[EmbeddingInput], pad_id: int, device,
     """The forward pass of ``items`` packed into rows, laid back out as a right-padded batch: states (B, T, H) and
     text mask (B, T), as ``pad_batch`` + one forward would give them (equal up to float round-off: each text
     attends only to itself, from position 0); with ``with_cache`` also each text's SpanCache."""
-    batch = pack_batch(items, pad_id, device, attention_width(base_model.config))
+    batch = pack_batch([x.ids for x in items], pad_id, device, attention_width(base_model.config))
     mask = segment_mask(batch.segments, not bidirectional, base_model.dtype)
     out = base_model(input_ids=batch.ids, attention_mask=mask, position_ids=batch.positions, use_cache=with_cache)
-    packed = out.last_hidden_state  # (R, W, H)
-    width = max(len(x.ids) for x in items)
-    states = packed.new_zeros((len(items), width, packed.shape[-1]))
-    text = torch.zeros((len(items), width), dtype=torch.long, device=device)
-    for j, (x, (row, start)) in enumerate(zip(items, batch.places, strict=True)):
-        n = len(x.ids)
-        states[j, :n] = packed[row, start : start + n]
-        text[j, :n] = torch.tensor(x.text_mask, device=device)
+    states = unpack(out.last_hidden_state, batch, [len(x.ids) for x in items])  # (B, T, H)
+    text = pad_batch(items, pad_id, device)[2]
     caches = None
     if with_cache:
         layers = [(layer.keys, layer.values) for layer in returned_cache(out).layers]

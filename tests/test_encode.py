@@ -131,13 +131,13 @@ MIXED = [
 def test_packed_batches_equal_padded_ones(tiny_grit, pooling, bidirectional):
     """Several texts in one row, each attending only to itself from position 0: the padded computation's vectors
     (and key/value caches) within float32 round-off."""
-    from grit import embedding
+    from grit import embedding, packing
 
     prefix = tiny_grit.format.embed_prefix("Retrieve similar sentences")
     base, tok = tiny_grit.lm.base_model, tiny_grit.tokenizer
     common = dict(batch_size=4, max_length=128, pooling=pooling, normalize=True, bidirectional=bidirectional)
     lengths = sorted(len(x.ids) for x in tiny_grit.embedding_inputs(MIXED, "Retrieve similar sentences"))[::-1]
-    _, rows = embedding.pack(lengths[:4], embedding.attention_width(base.config))
+    _, rows = packing.pack(lengths[:4], packing.attention_width(base.config))
     assert max(len(row) for row in rows) > 1  # the first batch of 4 does put texts side by side
     padded, padded_caches = embedding.embed(base, tok, MIXED, prefix, packed=False, with_cache=True, **common)
     packed, packed_caches = embedding.embed(base, tok, MIXED, prefix, packed=True, with_cache=True, **common)
@@ -149,7 +149,7 @@ def test_packed_batches_equal_padded_ones(tiny_grit, pooling, bidirectional):
 
 
 def test_packing_puts_short_texts_together_and_every_text_in_one_row():
-    from grit.embedding import pack
+    from grit.packing import pack
 
     lengths = [120, 10, 10, 30, 100, 5, 5, 70]
     width, rows = pack(lengths, width_cost=3000)
@@ -162,10 +162,10 @@ def test_packing_puts_short_texts_together_and_every_text_in_one_row():
 
 
 def test_packing_keeps_ids_positions_and_segments_apart(tiny_grit):
-    from grit.embedding import pack_batch
+    from grit.packing import pack_batch
 
     items = tiny_grit.embedding_inputs(MIXED, "")
-    batch = pack_batch(items, 0, torch.device("cpu"), width_cost=3000)
+    batch = pack_batch([x.ids for x in items], 0, torch.device("cpu"), width_cost=3000)
     for j, (item, (row, start)) in enumerate(zip(items, batch.places, strict=True)):
         n = len(item.ids)
         assert batch.ids[row, start : start + n].tolist() == item.ids

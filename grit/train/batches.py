@@ -34,15 +34,19 @@ log = logging.getLogger(__name__)
 class Batches:
     """Endless embedding and/or generative batches for ``config.mode``; each process gets its rows of each."""
 
-    def __init__(self, cfg: TrainConfig, tokenizer, fmt: PromptFormat, d: Dist):
+    def __init__(self, cfg: TrainConfig, tokenizer, fmt: PromptFormat, d: Dist, pack_width_cost: int = 0):
+        """``pack_width_cost``: the model's ``grit.packing.attention_width``, to pack generative batches when
+        ``data.pack`` (embedding batches are packed in the forward pass, after GradCache has chunked them)."""
         self.cfg, self.tokenizer, self.fmt, self.d = cfg, tokenizer, fmt, d
+        self.pack_width_cost = pack_width_cost if cfg.data.pack else 0
         data = cfg.data
         self.samplers: dict[str, BatchSampler] = {}
         self.embedding_sets: list[Dataset] = []
         self.generative_sets: list[Dataset] = []
         if cfg.mode != "generative":
             self.embedding_sets = read_embedding_files(data.embedding_files, data.skip_bad_lines, data.exclude_heldout)
-            add_default_instructions(self.embedding_sets, data.query_instruction, data.passage_instruction)
+            for path, dataset in zip(data.embedding_files, self.embedding_sets, strict=True):
+                add_default_instructions([dataset], *data.instructions_for(path))
             self.samplers["embedding"] = self.sampler("embedding", self.embedding_sets, same_dataset=True)
         if cfg.mode != "embedding":
             self.generative_sets = read_generative_files(
@@ -75,7 +79,9 @@ class Batches:
         data = self.cfg.data
         batch = next(self.samplers["embedding"])
         batch = dataclasses.replace(batch, items=shard(batch.items, self.d, "data.embedding_batch_size"))
-        groups = embedding_groups(self.embedding_sets, batch, data.num_hard_negatives, self.cfg.seed)
+        groups = embedding_groups(
+            self.embedding_sets, batch, data.num_hard_negatives, self.cfg.seed, data.negatives_from_other_rows
+        )
         out = collate_embedding(self.tokenizer, groups, self.fmt, data.query_max_length, data.passage_max_length)
         self.warn_truncated("embedding", out.truncated, "query_max_length / data.passage_max_length")
         return out
@@ -84,7 +90,9 @@ class Batches:
         batch = next(self.samplers["generative"])
         batch = dataclasses.replace(batch, items=shard(batch.items, self.d, "data.generative_batch_size"))
         examples = generative_examples(self.generative_sets, batch)
-        out = collate_generative(self.tokenizer, examples, self.fmt, self.cfg.data.generative_max_length)
+        out = collate_generative(
+            self.tokenizer, examples, self.fmt, self.cfg.data.generative_max_length, self.pack_width_cost
+        )
         self.warn_truncated("generative", out.truncated, "generative_max_length")
         return out
 

@@ -26,6 +26,7 @@ import torch
 from grit.embedding import EmbeddingInput, pad_batch, tokenize
 from grit.formats import Message, PromptFormat, as_messages
 from grit.generation import chat_prompt
+from grit.packing import pack_batch
 
 from .data import EmbeddingGroup, GenerativeExample, Text
 from .losses import IGNORE
@@ -61,12 +62,16 @@ class EmbeddingBatch(TensorBatch):
 
 @dataclass
 class GenerativeBatch(TensorBatch):
-    """Right-padded conversations; ``labels`` equal ``input_ids`` on trained tokens and -100 elsewhere."""
+    """Conversations, right-padded one per row or packed several per row; ``labels`` equal ``input_ids`` on trained
+    tokens and -100 elsewhere (packed: also on each conversation's first token, which nothing before it predicts)."""
 
-    input_ids: torch.Tensor  # (B, T)
-    attention_mask: torch.Tensor  # (B, T)
-    labels: torch.Tensor  # (B, T)
+    input_ids: torch.Tensor  # (R, T)
+    attention_mask: torch.Tensor  # (R, T) 1 = a real token
+    labels: torch.Tensor  # (R, T)
     truncated: int  # conversations cut at max_length
+    sequences: int  # conversations (rows, unless packed)
+    positions: torch.Tensor | None = None  # (R, T) packed: each conversation's positions from 0
+    segments: torch.Tensor | None = None  # (R, T) packed: conversation number from 1, padding 0
 
 
 # --- embedding ---------------------------------------------------------------------------------------------------
@@ -169,14 +174,22 @@ def tokenize_conversation(
 
 
 def collate_generative(
-    tokenizer, examples: Sequence[GenerativeExample], fmt: PromptFormat, max_length: int
+    tokenizer, examples: Sequence[GenerativeExample], fmt: PromptFormat, max_length: int, pack_width_cost: int = 0
 ) -> GenerativeBatch:
-    """Tokenize and right-pad B conversations; labels are -100 on padding and on everything but assistant turns."""
+    """Tokenize B conversations and right-pad them, one per row, or with ``pack_width_cost`` (``grit.packing``'s
+    ``attention_width`` of the model) pack them several per row; labels are -100 on padding and on everything but
+    assistant turns."""
     if not examples:
         raise ValueError("a generative batch needs at least one example")
     rows = [tokenize_conversation(tokenizer, ex.conversation, fmt, max_length) for ex in examples]
-    width = max(len(ids) for ids, _, _ in rows)
+    cut = sum(c for _, _, c in rows)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if pack_width_cost:
+        packed = pack_batch([ids for ids, _, _ in rows], pad_id, torch.device("cpu"), pack_width_cost)
+        labels = packed.lay_out([[IGNORE, *lab[1:]] for _, lab, _ in rows], IGNORE)
+        attention = (packed.segments > 0).long()
+        return GenerativeBatch(packed.ids, attention, labels, cut, len(rows), packed.positions, packed.segments)
+    width = max(len(ids) for ids, _, _ in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
@@ -184,4 +197,4 @@ def collate_generative(
         input_ids[r, : len(ids)] = torch.tensor(ids)
         attention[r, : len(ids)] = 1
         labels[r, : len(ids)] = torch.tensor(lab)
-    return GenerativeBatch(input_ids, attention, labels, truncated=sum(cut for _, _, cut in rows))
+    return GenerativeBatch(input_ids, attention, labels, cut, len(rows))

@@ -35,8 +35,8 @@ DATA_SUFFIXES = (".jsonl", ".jsonl.gz")
 
 def opt(default: Any, help: str) -> Any:
     """A dataclass field with a default and a help text; list and dataclass defaults get a fresh copy per instance."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
     if isinstance(default, type) and dataclasses.is_dataclass(default):
         return field(default_factory=default, metadata={"help": help})
     return field(default=default, metadata={"help": help})
@@ -84,21 +84,50 @@ class DataConfig:
     embedding_batch_size: int = opt(32, "Queries per batch over all processes, from one file (in-batch negatives).")
     generative_batch_size: int = opt(4, "Conversations per generative batch over all processes.")
     num_hard_negatives: int = opt(1, "Hard negatives per query (GritLM train_group_size - 1).")
+    negatives_from_other_rows: bool = opt(
+        True,
+        "Fill missing hard negatives with passages of other rows of the same file. False: files whose rows have no "
+        "negatives train on in-batch negatives alone (a random other row's passage is one more in-batch negative, "
+        "at the cost of embedding it).",
+    )
     query_max_length: int = opt(256, "Tokens per query, instruction and format included; longer ones are cut.")
     passage_max_length: int = opt(512, "Tokens per passage, instruction and format included; longer ones are cut.")
     generative_max_length: int = opt(1024, "Tokens per conversation, chat format included; longer ones are cut.")
+    pack: bool = opt(
+        True,
+        "Pack several texts or conversations into one row of each forward pass (each attends only to itself, from "
+        "position 0), so padding is not computed; false pads every batch to its longest text.",
+    )
     skip_bad_lines: bool = opt(False, "Skip malformed lines (counted and logged) instead of stopping at the first.")
     query_instruction: str = opt(
         "",
         "Instruction for the queries of rows that have none (GritLM's files carry one per row; many others do not).",
     )
     passage_instruction: str = opt("", "Instruction for passages that have none (GritLM: none for asymmetric tasks).")
+    query_instructions: dict[str, str] = opt(
+        {},
+        "Per-file query_instruction: {file: instruction}, the file as listed in embedding_files or its name alone "
+        "(each task its own instruction, as GritLM's training data has).",
+    )
+    passage_instructions: dict[str, str] = opt(
+        {}, "Per-file passage_instruction, keyed like query_instructions (symmetric tasks: the query's instruction)."
+    )
     min_answer_words: int = opt(
         0, "Leave out generative chats whose answers all have fewer words (label-style targets teach terse chat)."
     )
     exclude_heldout: bool = opt(
         False, "Leave out the rows grit's evaluation holds out (grit.splits), to train on files it also scores."
     )
+
+    def instructions_for(self, path: str) -> tuple[str, str]:
+        """(query, passage) instruction for the rows of embedding file ``path`` that carry none."""
+
+        def pick(table: dict[str, str], default: str) -> str:
+            return table.get(str(path), table.get(Path(path).name, default))
+
+        return pick(self.query_instructions, self.query_instruction), pick(
+            self.passage_instructions, self.passage_instruction
+        )
 
     def __post_init__(self) -> None:
         for name in ("embedding_files", "generative_files"):
@@ -109,6 +138,10 @@ class DataConfig:
                 )
         for name in ("embedding_batch_size", "generative_batch_size"):
             check(getattr(self, name) >= 1, f"data.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("query_instructions", "passage_instructions"):
+            names = {str(p) for p in self.embedding_files} | {Path(p).name for p in self.embedding_files}
+            unknown = sorted(set(getattr(self, name)) - names)
+            check(not unknown, f"data.{name}: {unknown[0] if unknown else ''!r} is not one of data.embedding_files")
         check(self.min_answer_words >= 0, f"data.min_answer_words must be >= 0, got {self.min_answer_words}")
         check(self.num_hard_negatives >= 0, f"data.num_hard_negatives must be >= 0, got {self.num_hard_negatives}")
         for name in ("query_max_length", "passage_max_length", "generative_max_length"):
@@ -205,7 +238,7 @@ class TrainConfig:
                 log.warning("mode=%r: data.%s_files are not used", self.mode, kind)
         if self.mode != "generative":
             check(
-                d.embedding_batch_size > 1 or d.num_hard_negatives > 0,
+                d.embedding_batch_size > 1 or (d.num_hard_negatives > 0 and d.negatives_from_other_rows),
                 "data.embedding_batch_size=1 with data.num_hard_negatives=0 leaves the contrastive loss no negatives",
             )
 
@@ -231,19 +264,7 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
         """Read a ``.yaml``/``.yml`` or ``.json`` file; ``overrides`` as ``["lr=1e-4", "lora.r=8"]``."""
-        path = Path(path)
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            values = yaml.safe_load(text) or {}
-        elif path.suffix == ".json":
-            values = json.loads(text)
-        else:
-            raise ValueError(f"config file {str(path)!r} must end in .yaml, .yml or .json")
-        if not isinstance(values, dict):
-            raise ValueError(f"config file {str(path)!r} must hold a mapping, got {type(values).__name__}")
-        return cls.from_dict(values, overrides)
+        return cls.from_dict(read_values(Path(path)), overrides)
 
     def resolved(self, placement: Placement) -> TrainConfig:
         """This config with device, dtype and threads as they run (no "auto"): what train_config.json records."""
@@ -267,6 +288,42 @@ class TrainConfig:
     def options(cls) -> list[tuple[str, str, Any, str]]:
         """(dotted name, type, default, help) of every leaf field, for ``--help`` output."""
         return list(leaf_options(cls))
+
+
+EXTENDS = "extends"  # a config file's key naming the file it starts from (relative to its own folder)
+
+
+def read_values(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The option tree of a ``.yaml``/``.yml``/``.json`` file; with ``extends: other.yaml``, the other file's tree
+    with this one's values laid over it (groups merge key by key; lists and values replace)."""
+    if path.resolve() in seen:
+        raise ValueError(f"config file {str(path)!r} extends itself (through {', '.join(map(str, seen))})")
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        values = yaml.safe_load(text) or {}
+    elif path.suffix == ".json":
+        values = json.loads(text)
+    else:
+        raise ValueError(f"config file {str(path)!r} must end in .yaml, .yml or .json")
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping, got {type(values).__name__}")
+    parent = values.pop(EXTENDS, None)
+    if parent is None:
+        return values
+    if not isinstance(parent, str):
+        raise ValueError(f"{path}: {EXTENDS} must name one config file, got {parent!r:.80}")
+    return merge(read_values(path.parent / parent, (*seen, path.resolve())), values)
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def leaf_options(cls: type, prefix: str = ""):
@@ -339,6 +396,12 @@ def convert(value: Any, tp: Any, name: str) -> Any:
         return convert(value, inner, name)
     if origin is Literal:
         return value  # the dataclass checks the choice and lists them
+    if origin is dict:
+        if isinstance(value, str):
+            value = parse_json(value, name, dict)
+        if not isinstance(value, dict):
+            raise ValueError(f"{name} must be a mapping, got {value!r:.80}")
+        return {convert(k, args[0], f"{name} key"): convert(v, args[1], f"{name}[{k!r}]") for k, v in value.items()}
     if origin is list:
         if isinstance(value, str):
             value = parse_list(value, name)
@@ -367,12 +430,22 @@ def convert(value: Any, tp: Any, name: str) -> Any:
     raise ValueError(f"{name} must be {type_name(tp)}, got {value!r:.80}")
 
 
+def parse_json(text: str, name: str, kind: type) -> Any:
+    """``text`` (a command-line value) as JSON of type ``kind``; an empty string is an empty one."""
+    if not text.strip():
+        return kind()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{name}: cannot parse {text!r} as a JSON {kind.__name__}: {e}") from None
+    if not isinstance(value, kind):
+        raise ValueError(f"{name} must be a JSON {kind.__name__}, got {text!r:.80}")
+    return value
+
+
 def parse_list(text: str, name: str) -> list[Any]:
     """``a.jsonl,b.jsonl`` or a JSON list ``["a.jsonl", "b.jsonl"]``; an empty string is an empty list."""
     text = text.strip()
     if text.startswith("["):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{name}: cannot parse {text!r} as a JSON list: {e}") from None
+        return parse_json(text, name, list)
     return [part.strip() for part in text.split(",") if part.strip()]

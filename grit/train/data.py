@@ -3,6 +3,7 @@
 One file is one data set (``.jsonl`` or ``.jsonl.gz``). Two kinds, as GritLM's ``training/data.py``:
 
     embedding   {"query": Q, "pos": [P, ...], "neg": [P, ...]}     Q, P: "text" or ["instruction", "text"]
+                {"question": Q, "passage": P, ...}                    (a passage-QA row, as in grit's RAG files)
     generative  {"text": ["user", "assistant", "user", "assistant", ...]}
                 {"text": [{"role": "system" | "user" | "assistant", "content": ...}, ...]}   (grit extension)
                 {"text": "plain text"}                                (no chat format; every token is trained)
@@ -91,6 +92,8 @@ def parse_text(value: Any, what: str) -> Text:
 def parse_embedding(obj: Any) -> EmbeddingExample:
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    if "query" not in obj and "question" in obj and "passage" in obj:  # a passage-QA row (grit's RAG files)
+        return EmbeddingExample(parse_text(obj["question"], "question"), [parse_text(obj["passage"], "passage")])
     for key in ("query", "pos"):
         if key not in obj:
             raise ValueError(f"missing key {key!r} (an embedding example has query, pos and optional neg)")
@@ -362,10 +365,18 @@ def embedding_group(dataset: Dataset, index: int, num_negatives: int, rng: rando
     return EmbeddingGroup(ex.query, [positive, *negatives])
 
 
-def embedding_groups(datasets: Sequence[Dataset], batch: Batch, num_negatives: int, seed: int) -> list[EmbeddingGroup]:
-    """The groups of one sampler batch, reproducible from (seed, epoch, dataset, index)."""
+def embedding_groups(
+    datasets: Sequence[Dataset], batch: Batch, num_negatives: int, seed: int, from_other_rows: bool = True
+) -> list[EmbeddingGroup]:
+    """The groups of one sampler batch, reproducible from (seed, epoch, dataset, index). Without
+    ``from_other_rows``, a data set none of whose rows has negatives gets none (in-batch negatives only)."""
+
+    def negatives(d: int) -> int:
+        own = from_other_rows or any(ex.neg for ex in datasets[d].examples)
+        return num_negatives if own else 0
+
     return [
-        embedding_group(datasets[d], i, num_negatives, example_rng(seed, batch.epoch, d, i)) for d, i in batch.items
+        embedding_group(datasets[d], i, negatives(d), example_rng(seed, batch.epoch, d, i)) for d, i in batch.items
     ]
 
 

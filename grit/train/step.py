@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from grit.attention import hidden_states
+from grit.packing import packed_hidden_states, segment_mask
 from grit.pooling import Pooling, pool
 
 from .collate import EmbeddingBatch, GenerativeBatch
@@ -57,9 +58,11 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
 
 
 def embed(base_model: torch.nn.Module, ids: Tensor, padding: Tensor, text: Tensor, pooling: Pooling,
-          bidirectional: bool) -> Tensor:  # fmt: skip
-    """(n, T) inputs → (n, H) normalised float32 embeddings, as ``GritModel.encode`` computes them."""
-    states = hidden_states(base_model, ids, padding, bidirectional)  # (n, T, H)
+          bidirectional: bool, packed: bool = False) -> Tensor:  # fmt: skip
+    """(n, T) inputs → (n, H) normalised float32 embeddings, as ``GritModel.encode`` computes them; ``packed``
+    computes the same with several texts per row (``grit.packing``), so padding costs nothing."""
+    forward = packed_hidden_states if packed else hidden_states
+    states = forward(base_model, ids, padding, bidirectional)  # (n, T, H)
     return F.normalize(pool(states, text, pooling), dim=-1)  # (n, H)
 
 
@@ -78,17 +81,18 @@ def head_is_plain(lm: torch.nn.Module) -> bool:
 
 def generative(lm: torch.nn.Module, batch: GenerativeBatch, cfg: TrainConfig, d: Dist) -> Tensor:
     """Next-token loss of this process's share of the global batch, times the world size (see module doc)."""
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
+    if batch.segments is not None:  # packed rows: each conversation attends causally to itself, from position 0
+        inputs |= {"attention_mask": segment_mask(batch.segments, True, lm.dtype), "position_ids": batch.positions}
     if head_is_plain(lm):
-        decoder = lm.get_decoder()
-        states = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-        total = next_token_loss_from_states(states.last_hidden_state, lm.get_output_embeddings(), batch.labels, "sum")
+        states = lm.get_decoder()(**inputs).last_hidden_state
+        total = next_token_loss_from_states(states, lm.get_output_embeddings(), batch.labels, "sum")
     else:
-        logits = lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits  # (B,T,V)
-        total = next_token_loss(logits, batch.labels, "sum")
+        total = next_token_loss(lm(**inputs).logits, batch.labels, "sum")  # logits (R, W, V)
     if cfg.loss_gen_type == "mixed":
         count = all_sum(trained_tokens(batch.labels).float(), d).clamp(min=1)
     else:
-        count = len(batch.labels) * d.world
+        count = batch.sequences * d.world
     return total * d.world / count
 
 
@@ -115,7 +119,8 @@ def micro_step(
 
         def encode(ids: Tensor, padding: Tensor, text: Tensor) -> Tensor:
             with autocast(device, dtype):
-                return embed(lm.base_model, ids, padding, text, cfg.pooling, cfg.attention == "bidirectional")
+                return embed(lm.base_model, ids, padding, text, cfg.pooling, cfg.attention == "bidirectional",
+                             packed=cfg.data.pack)  # fmt: skip
 
         def loss_fn(q: Tensor, p: Tensor) -> Tensor:
             return contrastive(q, p, emb.group_size, cfg, d)

@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from grit.hardware import resolve_placement
 from grit.loading import write_folder_atomically
+from grit.packing import attention_width
 
 from . import checkpoint, distributed
 from .batches import Batches
@@ -88,7 +89,7 @@ def run(cfg: TrainConfig, d: Dist, on_step: Callback | None = None) -> Path:
         log.warning("eval_every=%d: the trainer does not evaluate yet; `grit eval` a checkpoint", cfg.eval_every)
     trainee = build_model(cfg, d, resume_from)
     check_same_base(trainee, out, resume_from)
-    batches = Batches(cfg, trainee.model.tokenizer, trainee.model.format, d)
+    batches = Batches(cfg, trainee.model.tokenizer, trainee.model.format, d, attention_width(trainee.lm.config))
     total = total_steps(cfg, batches.batches_per_epoch())
     optimizer = build_optimizer(trainee, cfg)
     scheduler = build_scheduler(optimizer, cfg, total)

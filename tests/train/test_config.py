@@ -129,3 +129,33 @@ def test_config_file_kind_is_checked(tmp_path):
     (tmp_path / "c.yaml").write_text("- a\n- b\n")
     with pytest.raises(ValueError, match="must hold a mapping"):
         TrainConfig.from_file(tmp_path / "c.yaml")
+
+
+def test_per_file_instructions_by_path_or_name_with_the_global_ones_as_fallback(tmp_path):
+    files = ["data/nli.jsonl", "data/coco.jsonl.gz"]
+    path = tmp_path / "train.yaml"
+    path.write_text(
+        "data:\n  embedding_files: [data/nli.jsonl, data/coco.jsonl.gz]\n  generative_files: [g.jsonl]\n"
+        "  query_instruction: Retrieve\n  query_instructions:\n    coco.jsonl.gz: Retrieve a caption\n"
+    )
+    cfg = TrainConfig.from_file(path, overrides=['data.passage_instructions={"data/coco.jsonl.gz": "Same image"}'])
+    assert cfg.data.instructions_for(files[0]) == ("Retrieve", "")
+    assert cfg.data.instructions_for(files[1]) == ("Retrieve a caption", "Same image")
+    with pytest.raises(ValueError, match="other.jsonl.*not one of data.embedding_files"):
+        TrainConfig.from_file(path, overrides=['data.query_instructions={"other.jsonl": "x"}'])
+    with pytest.raises(ValueError, match="must be a JSON dict"):
+        TrainConfig.from_file(path, overrides=["data.query_instructions=[1]"])
+
+
+def test_a_config_extends_another_and_overrides_key_by_key(tmp_path):
+    (tmp_path / "base.yaml").write_text(YAML)
+    (tmp_path / "gpu.yaml").write_text("extends: base.yaml\nlr: 5e-4\ndata:\n  embedding_batch_size: 512\n")
+    cfg = TrainConfig.from_file(tmp_path / "gpu.yaml", overrides=["max_steps=7"])
+    assert (cfg.lr, cfg.max_steps, cfg.data.embedding_batch_size) == (5e-4, 7, 512)
+    assert cfg.data.generative_files == ["gsm8k.jsonl", "p3.jsonl.gz"] and cfg.lora.enabled  # kept from base.yaml
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ValueError, match="extends itself"):
+        TrainConfig.from_file(tmp_path / "loop.yaml")
+    (tmp_path / "missing.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(FileNotFoundError, match="nowhere.yaml"):
+        TrainConfig.from_file(tmp_path / "missing.yaml")

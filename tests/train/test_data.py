@@ -40,18 +40,21 @@ EMBEDDING_ROWS = [
     {"query": "a cat", "pos": ["a kitten"], "neg": ["a car"]},
     {"query": ["Retrieve a passage: ", "who wrote it"], "pos": [["Represent the passage", "Jane wrote it"]]},
     {"query": "dogs", "pos": ["puppies", "hounds"], "neg": [], "source": "ignored"},
+    {"id": "q1", "question": "Who wrote it?", "answers": ["Jane"], "passage": "Jane wrote it in 1990.", "title": ""},
 ]
 
 
 @pytest.mark.parametrize("name", ["emb.jsonl", "emb.jsonl.gz"])
 def test_read_embedding_file(tmp_path, name):
     (ds,) = read_embedding_files([write_jsonl(tmp_path / name, EMBEDDING_ROWS)])
-    assert len(ds) == 3 and ds.skipped == 0
+    assert len(ds) == 4 and ds.skipped == 0
     assert ds.examples[0] == EmbeddingExample(("", "a cat"), [("", "a kitten")], [("", "a car")])
     # The instruction loses its trailing ": " as in GritLM; the text is kept as is.
     assert ds.examples[1].query == ("Retrieve a passage", "who wrote it")
     assert ds.examples[1].pos == [("Represent the passage", "Jane wrote it")] and ds.examples[1].neg == []
     assert len(ds.examples[2].pos) == 2
+    # A passage-QA row (grit's RAG files) is a question and its passage: a query and its positive.
+    assert ds.examples[3] == EmbeddingExample(("", "Who wrote it?"), [("", "Jane wrote it in 1990.")])
 
 
 def test_read_generative_file(tmp_path):
@@ -164,6 +167,17 @@ def test_missing_negatives_come_from_other_examples_of_the_data_set():
     assert texts[:2] == ["p4", "n4.0"]  # positive, then the example's own negative
     assert len(texts) == 6
     assert all(not t.endswith("4") and "4." not in t for t in texts[2:])  # never the query's own passages
+
+
+def test_files_without_negatives_can_train_on_in_batch_negatives_alone():
+    from grit.train.data import Batch, embedding_groups
+
+    with_negatives, without = dataset(4, 1), dataset(4, 0)
+    batch = Batch(0, 0, ((0, 0), (0, 1), (1, 2), (1, 3)))
+    filled = embedding_groups([with_negatives, without], batch, 1, seed=0)
+    assert [len(g.passages) for g in filled] == [2, 2, 2, 2]  # a passage of another row stands in
+    own = embedding_groups([with_negatives, without], batch, 1, seed=0, from_other_rows=False)
+    assert [len(g.passages) for g in own] == [2, 2, 1, 1] and own[:2] == filled[:2]
 
 
 def test_single_example_repeats_its_negatives_or_fails():

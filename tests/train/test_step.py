@@ -46,10 +46,14 @@ def test_generative_loss_alone_is_next_token_loss(model, batches, kind):
     assert total.item() == pytest.approx(next_token_loss(logits, gen.labels).item() * trained_tokens(gen.labels))
 
 
-def test_unified_micro_step_is_the_gradient_of_the_weighted_sum(model, batches):
+@pytest.mark.parametrize("pack", [False, True], ids=["padded", "packed"])
+def test_unified_micro_step_is_the_gradient_of_the_weighted_sum(model, batches, pack):
+    """Against the padded computation written out; packed embedding rows differ from it by float round-off only
+    (the generative batch here stays padded: tests/train/test_packing.py packs it)."""
     emb, gen = batches
     lm = model.lm
     cfg = config(loss_gen_factor=0.5, temperature=0.05)
+    cfg.data.pack = pack
     m = micro_step(lm, emb, gen, cfg, Dist(), scale=0.25)
     got = {n: p.grad.clone() for n, p in lm.named_parameters()}
     lm.zero_grad(set_to_none=True)
@@ -60,8 +64,10 @@ def test_unified_micro_step_is_the_gradient_of_the_weighted_sum(model, batches):
     (0.25 * (loss_emb + 0.5 * loss_gen)).backward()
     assert m.emb == pytest.approx(loss_emb.item(), rel=1e-6) and m.gen == pytest.approx(loss_gen.item(), rel=1e-6)
     assert m.tokens == int(emb.query_padding.sum() + emb.passage_padding.sum() + gen.attention_mask.sum())
+    atol = 2e-6 if pack else 1e-7
     for name, param in lm.named_parameters():
-        torch.testing.assert_close(got[name], param.grad, rtol=1e-5, atol=1e-7, msg=lambda msg, n=name: f"{n}: {msg}")
+        torch.testing.assert_close(got[name], param.grad, rtol=1e-4 if pack else 1e-5, atol=atol,
+                                   msg=lambda msg, n=name: f"{n}: {msg}")  # fmt: skip
     lm.zero_grad(set_to_none=True)
 
 
