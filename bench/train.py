@@ -109,7 +109,7 @@ def run_variant(loop: str, lora: bool, args: argparse.Namespace, emb, gen) -> di
 
     data = DataConfig(["bench.jsonl"], ["bench.jsonl"], embedding_batch_size=args.queries)
     cfg = TrainConfig(model=args.model, dtype=args.dtype, lr=1e-5, scheduler="constant", warmup_steps=0,
-                      data=data, lora=LoraConfig(enabled=lora))  # fmt: skip
+                      data=data, lora=LoraConfig(enabled=lora, dropout=args.lora_dropout))  # fmt: skip
     placement = resolve_placement(cfg.device, cfg.dtype, cfg.threads or None)  # as grit.train.train does
     cfg = cfg.resolved(placement)
     d = Dist(device=placement.device)
@@ -156,6 +156,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variant, after one warm-up step")
     parser.add_argument("--variants", default="full,lora", help="full, lora or both")
     parser.add_argument("--loops", default="grit,plain", help="grit, plain or both")
+    parser.add_argument("--lora-dropout", type=float, default=0.1, help="LoRA dropout (GritLM: 0.1)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line (bench/train_recipe.py reads it)")
     args = parser.parse_args()
 

@@ -110,6 +110,7 @@ def run(config: str, overrides: list[str], steps: int) -> dict:
         "dtype": cfg.dtype,
         "threads": cfg.threads,
         "lora": cfg.lora.enabled,
+        "lora_dropout": cfg.lora.dropout,
         "steps": steps,
         "seconds_per_step": seconds / steps,
         "tokens_per_s": counts["tokens"] / seconds,
@@ -140,13 +141,13 @@ def computed_positions(emb, gen, cfg, width_cost: int) -> int:
     return total
 
 
-def synthetic(dtype: str, steps: int) -> dict:
+def synthetic(dtype: str, steps: int, lora_dropout: float) -> dict:
     """bench/train.py's unified LoRA step (grit's loop), in a fresh process, on ``dtype``."""
     import subprocess
 
     out = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("train.py")), "--variants", "lora", "--loops", "grit",
-         "--dtype", dtype, "--steps", str(steps), "--json"],
+         "--dtype", dtype, "--steps", str(steps), "--lora-dropout", str(lora_dropout), "--json"],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -162,7 +163,7 @@ def main() -> None:
     args = parser.parse_args()
     result = run(args.config, args.overrides, args.steps)
     if args.synthetic:
-        result["synthetic"] = synthetic(result["dtype"], max(args.steps // 2, 2))
+        result["synthetic"] = synthetic(result["dtype"], max(args.steps // 2, 2), result["lora_dropout"])
         result["real_vs_synthetic"] = result["tokens_per_s"] / result["synthetic"]["tokens_per_s"]
     phases = ", ".join(f"{k} {v:.2f}" for k, v in result["phases_s_per_step"].items())
     print(f"{args.config} {' '.join(args.overrides)}: {result['machine']}, {result['dtype']}, "
@@ -176,7 +177,8 @@ def main() -> None:
     )
     if args.synthetic:
         s = result["synthetic"]
-        print(f"  synthetic step (bench/train.py, LoRA, grit loop): {s['tokens_per_s']:.0f} tokens/s; "
+        print(f"  synthetic step (bench/train.py, LoRA dropout {result['lora_dropout']}, grit loop): "
+              f"{s['tokens_per_s']:.0f} tokens/s; "
               f"real / synthetic = {result['real_vs_synthetic']:.2f}x")  # fmt: skip
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
