@@ -6,13 +6,13 @@
 
 ``bench/train.py`` times one synthetic unified step (fixed lengths, no padding). A real run also pays for what its
 data brings: padding in short texts, many small forward passes, tokenising, a second backward for each loss. This
-benchmark builds the trainer's own parts (``Batches``, ``micro_step``, ``optimizer_step``'s clipping and AdamW) from
-a config and times, per optimizer step:
+benchmark builds the trainer's own parts (``Batches``, ``micro_step``, AdamW and the schedule) from a config and
+times, per optimizer step:
 
     batches    reading and tokenising the next batches (``Batches.next``)
     embedding  the contrastive forward and backward passes (GradCache included)
     generative the next-token forward and backward passes
-    update     gradient norms, clipping, AdamW and the schedule
+    update     one clip of the summed gradient, AdamW and the schedule (``clip_per_loss`` adds a norm per loss)
 
 Tokens are real (non-pad) input tokens; ``computed`` counts every position the forward passes ran, padding
 included, so ``real / computed`` is the padding efficiency. One warm-up step, then ``--steps`` timed ones (their
@@ -33,8 +33,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 
 def run(config: str, overrides: list[str], steps: int) -> dict:
     from grit.hardware import describe_machine, resolve_placement
@@ -52,13 +50,13 @@ def run(config: str, overrides: list[str], steps: int) -> dict:
     cfg = cfg.resolved(placement)
     d = Dist(device=placement.device)
     trainee = build_model(cfg, d)
-    batches = Batches(cfg, trainee.model.tokenizer, trainee.model.format, d, attention_width(trainee.lm.config))
+    width_cost = attention_width(trainee.lm.config)
+    batches = Batches(cfg, trainee.model.tokenizer, trainee.model.format, d, width_cost)
     optimizer = build_optimizer(trainee, cfg)
     scheduler = build_scheduler(optimizer, cfg, steps + 1)
     params = [p for _, p in trainee.named_params()]
-    width_cost = attention_width(trainee.lm.config)
     phases = dict.fromkeys(("batches", "embedding", "generative", "update"), 0.0)
-    counts = {"tokens": 0, "computed": 0, "emb_tokens": 0, "emb_computed": 0, "gen_tokens": 0, "gen_computed": 0}
+    counts = dict.fromkeys(("emb_tokens", "emb_computed", "gen_tokens", "gen_computed"), 0)
 
     def timed(name: str, fn, *args, **kwargs):
         start = time.perf_counter()

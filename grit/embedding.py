@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from grit.attention import hidden_states
 from grit.kvcache import SpanCache, forward_with_cache, split_caches
-from grit.packing import attention_width, pack_batch, segment_mask, unpack
+from grit.packing import packed_forward_pass, unpack
 from grit.pooling import Pooling, check_pooling, pool
 from grit.text import check_text
 from grit.transformers_compat import returned_cache
@@ -107,9 +107,7 @@ def packed_forward(base_model, items: list[EmbeddingInput], pad_id: int, device,
     """The forward pass of ``items`` packed into rows, laid back out as a right-padded batch: states (B, T, H) and
     text mask (B, T), as ``pad_batch`` + one forward would give them (equal up to float round-off: each text
     attends only to itself, from position 0); with ``with_cache`` also each text's SpanCache."""
-    batch = pack_batch([x.ids for x in items], pad_id, device, attention_width(base_model.config))
-    mask = segment_mask(batch.segments, not bidirectional, base_model.dtype)
-    out = base_model(input_ids=batch.ids, attention_mask=mask, position_ids=batch.positions, use_cache=with_cache)
+    out, batch = packed_forward_pass(base_model, [x.ids for x in items], pad_id, device, bidirectional, with_cache)
     states = unpack(out.last_hidden_state, batch, [len(x.ids) for x in items])  # (B, T, H)
     text = pad_batch(items, pad_id, device)[2]
     caches = None

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 PACK_WIDTHS = (128, 256, 512, 1024)  # row widths tried (a row is never narrower than the batch's longest sequence)
-IGNORE = -100  # label of a position the next-token loss skips (transformers' convention)
 
 
 def attention_width(config) -> int:
@@ -126,6 +126,22 @@ def unpack(packed: torch.Tensor, batch: PackedBatch, lengths: Sequence[int]) -> 
     return flat.index_select(0, index.reshape(-1)).reshape(*index.shape, *packed.shape[2:])
 
 
+def packed_forward_pass(
+    base_model: torch.nn.Module,
+    sequences: Sequence[Sequence[int]],
+    pad_id: int,
+    device: torch.device,
+    bidirectional: bool,
+    use_cache: bool = False,
+) -> tuple[Any, PackedBatch]:
+    """One forward pass of ``sequences`` packed into rows (bidirectional or causal blocks): the model's output, with
+    (R, W) states and caches, and the batch that says where each sequence sits."""
+    batch = pack_batch(sequences, pad_id, device, attention_width(base_model.config))
+    mask = segment_mask(batch.segments, not bidirectional, base_model.dtype)
+    out = base_model(input_ids=batch.ids, attention_mask=mask, position_ids=batch.positions, use_cache=use_cache)
+    return out, batch
+
+
 def packed_hidden_states(
     base_model: torch.nn.Module, input_ids: torch.Tensor, padding_mask: torch.Tensor, bidirectional: bool
 ) -> torch.Tensor:
@@ -133,9 +149,7 @@ def packed_hidden_states(
     round-off, at the cost of the real tokens only (the padding columns of the result are not meaningful)."""
     lengths = padding_mask.sum(-1).tolist()
     sequences = [row[:n].tolist() for row, n in zip(input_ids, lengths, strict=True)]
-    batch = pack_batch(sequences, 0, input_ids.device, attention_width(base_model.config))
-    mask = segment_mask(batch.segments, not bidirectional, base_model.dtype)
-    out = base_model(input_ids=batch.ids, attention_mask=mask, position_ids=batch.positions, use_cache=False)
+    out, batch = packed_forward_pass(base_model, sequences, 0, input_ids.device, bidirectional)
     states = unpack(out.last_hidden_state, batch, lengths)
     width = input_ids.shape[1]
     if states.shape[1] < width:  # every row shorter than the padded width: keep the caller's shape

@@ -138,8 +138,8 @@ class DataConfig:
                 )
         for name in ("embedding_batch_size", "generative_batch_size"):
             check(getattr(self, name) >= 1, f"data.{name} must be >= 1, got {getattr(self, name)}")
+        names = {str(p) for p in self.embedding_files} | {Path(p).name for p in self.embedding_files}
         for name in ("query_instructions", "passage_instructions"):
-            names = {str(p) for p in self.embedding_files} | {Path(p).name for p in self.embedding_files}
             unknown = sorted(set(getattr(self, name)) - names)
             check(not unknown, f"data.{name}: {unknown[0] if unknown else ''!r} is not one of data.embedding_files")
         check(self.min_answer_words >= 0, f"data.min_answer_words must be >= 0, got {self.min_answer_words}")
@@ -239,7 +239,8 @@ class TrainConfig:
         if self.mode != "generative":
             check(
                 d.embedding_batch_size > 1 or (d.num_hard_negatives > 0 and d.negatives_from_other_rows),
-                "data.embedding_batch_size=1 with data.num_hard_negatives=0 leaves the contrastive loss no negatives",
+                "data.embedding_batch_size=1 with data.num_hard_negatives=0 (or data.negatives_from_other_rows=false, "
+                "for files without negatives) leaves the contrastive loss no negatives",
             )
 
     def check_gradcache(self) -> None:

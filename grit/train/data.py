@@ -371,12 +371,12 @@ def embedding_groups(
     """The groups of one sampler batch, reproducible from (seed, epoch, dataset, index). Without
     ``from_other_rows``, a data set none of whose rows has negatives gets none (in-batch negatives only)."""
 
-    def negatives(d: int) -> int:
-        own = from_other_rows or any(ex.neg for ex in datasets[d].examples)
-        return num_negatives if own else 0
-
+    negatives = {  # per data set in the batch (one, from the sampler): a scan of its rows, once
+        d: num_negatives if from_other_rows or any(ex.neg for ex in datasets[d].examples) else 0
+        for d in {d for d, _ in batch.items}
+    }
     return [
-        embedding_group(datasets[d], i, negatives(d), example_rng(seed, batch.epoch, d, i)) for d, i in batch.items
+        embedding_group(datasets[d], i, negatives[d], example_rng(seed, batch.epoch, d, i)) for d, i in batch.items
     ]
 
 

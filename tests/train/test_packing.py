@@ -6,7 +6,8 @@ import torch
 
 from grit import GritModel
 from grit.formats import PromptFormat
-from grit.packing import IGNORE, packed_hidden_states, unpack
+from grit.likelihood import IGNORE
+from grit.packing import packed_hidden_states, unpack
 from grit.train.collate import collate_embedding, collate_generative
 from grit.train.config import DataConfig, TrainConfig
 from grit.train.data import EmbeddingGroup, parse_embedding, parse_generative
