@@ -158,7 +158,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed optimizer steps, after one warm-up step")
     parser.add_argument("--synthetic", action="store_true", help="also time bench/train.py's step (same dtype)")
     parser.add_argument("--json", type=Path, help="write the result here")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # key=value overrides may come after the options
     result = run(args.config, args.overrides, args.steps)
     if args.synthetic:
         result["synthetic"] = synthetic(result["dtype"], max(args.steps // 2, 2), result["lora_dropout"])

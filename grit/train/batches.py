@@ -63,7 +63,8 @@ class Batches:
                 f"data.{kind}_batch_size={size} is the batch over all processes and must split evenly over "
                 f"{self.d.world} processes"
             )
-        return BatchSampler([len(x) for x in datasets], size, self.cfg.seed, same_dataset=same_dataset)
+        weights = self.cfg.data.weights_for(kind)
+        return BatchSampler([len(x) for x in datasets], size, self.cfg.seed, same_dataset, weights)
 
     def batches_per_epoch(self) -> int:
         """Batches in one pass over the data that defines an epoch (the embedding data, unless mode is generative)."""

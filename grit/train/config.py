@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import re
 import types
 from dataclasses import dataclass, field
@@ -75,6 +76,11 @@ class LoraConfig:
         check(bool(self.target_modules), "lora.target_modules must name at least one module, got []")
 
 
+def per_file(table: dict, path: str, default):
+    """``table``'s entry for data file ``path``: keyed by the path as listed, or by the file's name alone."""
+    return table.get(str(path), table.get(Path(path).name, default))
+
+
 @dataclass
 class DataConfig:
     """Training files (GritLM JSON lines, one data set per file), batch sizes and token limits."""
@@ -112,6 +118,14 @@ class DataConfig:
     passage_instructions: dict[str, str] = opt(
         {}, "Per-file passage_instruction, keyed like query_instructions (symmetric tasks: the query's instruction)."
     )
+    embedding_weights: dict[str, float] = opt(
+        {},
+        "Share of the contrastive batches per file: {file: weight}, keyed like query_instructions, naming every file "
+        "(batch shares are weight / sum). Empty: in proportion to each file's rows.",
+    )
+    generative_weights: dict[str, float] = opt(
+        {}, "Share of the generative chats per file, as embedding_weights (keyed by data.generative_files)."
+    )
     min_answer_words: int = opt(
         0, "Leave out generative chats whose answers all have fewer words (label-style targets teach terse chat)."
     )
@@ -121,13 +135,15 @@ class DataConfig:
 
     def instructions_for(self, path: str) -> tuple[str, str]:
         """(query, passage) instruction for the rows of embedding file ``path`` that carry none."""
-
-        def pick(table: dict[str, str], default: str) -> str:
-            return table.get(str(path), table.get(Path(path).name, default))
-
-        return pick(self.query_instructions, self.query_instruction), pick(
-            self.passage_instructions, self.passage_instruction
+        return (
+            per_file(self.query_instructions, path, self.query_instruction),
+            per_file(self.passage_instructions, path, self.passage_instruction),
         )
+
+    def weights_for(self, kind: Literal["embedding", "generative"]) -> list[float] | None:
+        """Sampling weight of each ``{kind}_files`` entry, in order; None for size-proportional sampling."""
+        table = getattr(self, f"{kind}_weights")
+        return [per_file(table, path, None) for path in getattr(self, f"{kind}_files")] if table else None
 
     def __post_init__(self) -> None:
         for name in ("embedding_files", "generative_files"):
@@ -138,10 +154,26 @@ class DataConfig:
                 )
         for name in ("embedding_batch_size", "generative_batch_size"):
             check(getattr(self, name) >= 1, f"data.{name} must be >= 1, got {getattr(self, name)}")
-        names = {str(p) for p in self.embedding_files} | {Path(p).name for p in self.embedding_files}
-        for name in ("query_instructions", "passage_instructions"):
+        for name, files in (
+            ("query_instructions", "embedding_files"),
+            ("passage_instructions", "embedding_files"),
+            ("embedding_weights", "embedding_files"),
+            ("generative_weights", "generative_files"),
+        ):
+            paths = getattr(self, files)
+            names = {str(p) for p in paths} | {Path(p).name for p in paths}
             unknown = sorted(set(getattr(self, name)) - names)
-            check(not unknown, f"data.{name}: {unknown[0] if unknown else ''!r} is not one of data.embedding_files")
+            check(not unknown, f"data.{name}: {unknown[0] if unknown else ''!r} is not one of data.{files}")
+        for kind in ("embedding", "generative"):
+            table = getattr(self, f"{kind}_weights")
+            for key, w in table.items():
+                check(isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w) and w > 0,
+                      f"data.{kind}_weights: {key!r} has weight {w!r}; weights must be numbers > 0 "
+                      f"(leave a file out of data.{kind}_files to not train on it)")  # fmt: skip
+            if table:
+                missing = [p for p in getattr(self, f"{kind}_files") if per_file(table, p, None) is None]
+                check(not missing, f"data.{kind}_weights gives no weight to {str(missing[0]) if missing else ''!r}; "
+                                   f"name every file of data.{kind}_files, or none")  # fmt: skip
         check(self.min_answer_words >= 0, f"data.min_answer_words must be >= 0, got {self.min_answer_words}")
         check(self.num_hard_negatives >= 0, f"data.num_hard_negatives must be >= 0, got {self.num_hard_negatives}")
         for name in ("query_max_length", "passage_max_length", "generative_max_length"):

@@ -19,6 +19,7 @@ into mixed batches; we drop them instead, so the rule has no exception, and resh
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -245,7 +246,10 @@ class BatchSampler:
 
     ``same_dataset=True``: each batch comes from one data set; each data set's incomplete last batch is dropped (a
     different remainder each epoch). ``False``: all examples are pooled and shuffled together (generative data).
-    Batches of all data sets are interleaved at random, so a data set is drawn in proportion to its size.
+    Batches of all data sets are interleaved at random, so a data set is drawn in proportion to its size, unless
+    ``weights`` says otherwise: then data set ``i`` gets ``weights[i] / sum(weights)`` of each epoch's batches (of
+    its examples, when pooled). An epoch keeps its unweighted length; a data set asked for more than it has goes
+    round again in a fresh order (never twice in one batch), one asked for less gives a different part each epoch.
 
     The plan of an epoch is a pure function of (seed, epoch), so ``state_dict`` is just (epoch, position) and a
     resumed sampler continues with exactly the batch that would have come next.
@@ -258,12 +262,26 @@ class BatchSampler:
         True
     """
 
-    def __init__(self, sizes: Sequence[int], batch_size: int, seed: int = 0, same_dataset: bool = True):
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        batch_size: int,
+        seed: int = 0,
+        same_dataset: bool = True,
+        weights: Sequence[float] | None = None,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not sizes or min(sizes) < 0:
             raise ValueError(f"sizes must be a non-empty list of data set sizes, got {list(sizes)}")
+        if weights is not None:
+            weights = [float(w) for w in weights]
+            if len(weights) != len(sizes):
+                raise ValueError(f"{len(weights)} weights for {len(sizes)} data sets")
+            if not all(math.isfinite(w) and w > 0 for w in weights):
+                raise ValueError(f"weights must be finite and > 0, got {weights}")
         self.sizes, self.batch_size, self.seed, self.same_dataset = list(sizes), batch_size, seed, same_dataset
+        self.weights = weights
         if same_dataset:
             small = [i for i, n in enumerate(self.sizes) if n < batch_size]
             if small:
@@ -287,13 +305,24 @@ class BatchSampler:
         bs = self.batch_size
         if self.same_dataset:
             batches = []
-            for d, n in enumerate(self.sizes):
-                order = list(range(n))
-                rng.shuffle(order)
-                batches += [[(d, i) for i in order[s : s + bs]] for s in range(0, n - n % bs, bs)]
+            if self.weights is None:
+                for d, n in enumerate(self.sizes):
+                    order = list(range(n))
+                    rng.shuffle(order)
+                    batches += [[(d, i) for i in order[s : s + bs]] for s in range(0, n - n % bs, bs)]
+            else:
+                usable = [w if n >= bs else 0.0 for w, n in zip(self.weights, self.sizes, strict=True)]
+                for d, count in enumerate(apportion(len(self), usable)):
+                    order = cycled_order(rng, self.sizes[d], count * bs, self.sizes[d] // bs * bs)
+                    batches += [[(d, i) for i in order[s : s + bs]] for s in range(0, count * bs, bs)]
             rng.shuffle(batches)
             return batches
-        pairs = [(d, i) for d, n in enumerate(self.sizes) for i in range(n)]
+        if self.weights is None:
+            pairs = [(d, i) for d, n in enumerate(self.sizes) for i in range(n)]
+        else:
+            usable = [w if n else 0.0 for w, n in zip(self.weights, self.sizes, strict=True)]
+            counts = apportion(len(self) * bs, usable)
+            pairs = [(d, i) for d, c in enumerate(counts) for i in cycled_order(rng, self.sizes[d], c, self.sizes[d])]
         rng.shuffle(pairs)
         return [pairs[s : s + bs] for s in range(0, len(pairs) - len(pairs) % bs, bs)]
 
@@ -318,17 +347,48 @@ class BatchSampler:
             "batch_size": self.batch_size,
             "sizes": list(self.sizes),
             "same_dataset": self.same_dataset,
+            "weights": self.weights,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state``. The data and settings must match, or the resumed order would differ."""
-        for key in ("seed", "batch_size", "sizes", "same_dataset"):
+        state = {"weights": None, **state}  # checkpoints from before weights existed were unweighted
+        for key in ("seed", "batch_size", "sizes", "same_dataset", "weights"):
             mine = getattr(self, key)
             if state[key] != mine:
                 raise ValueError(f"sampler state has {key}={state[key]!r} but this sampler has {mine!r}")
         if not 0 <= state["position"] <= len(self):
             raise ValueError(f"sampler state position {state['position']} is outside 0..{len(self)}")
         self.epoch, self.position, self._plan = state["epoch"], state["position"], None
+
+
+def apportion(total: int, weights: Sequence[float]) -> list[int]:
+    """``total`` split in proportion to ``weights`` into whole numbers that sum to it (largest remainders first;
+    ties to the earlier). A zero weight gets nothing.
+
+        >>> apportion(10, [1, 1, 1])
+        [4, 3, 3]
+    """
+    whole = sum(weights)
+    if whole <= 0:
+        raise ValueError("no data set can be drawn: every weight is zero")
+    quotas = [total * w / whole for w in weights]
+    counts = [math.floor(q) for q in quotas]
+    by_remainder = sorted(range(len(quotas)), key=lambda i: (counts[i] - quotas[i], i))
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def cycled_order(rng: random.Random, n: int, count: int, per_round: int) -> list[int]:
+    """``count`` indices of ``range(n)``: rounds of a fresh shuffle, each cut to its first ``per_round`` (so a round
+    ends on a batch boundary and no batch holds one example twice)."""
+    order: list[int] = []
+    while len(order) < count:
+        round_ = list(range(n))
+        rng.shuffle(round_)
+        order += round_[:per_round]
+    return order[:count]
 
 
 # --- turning a batch into examples -------------------------------------------------------------------------------

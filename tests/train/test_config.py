@@ -147,6 +147,30 @@ def test_per_file_instructions_by_path_or_name_with_the_global_ones_as_fallback(
         TrainConfig.from_file(path, overrides=["data.query_instructions=[1]"])
 
 
+def test_per_file_weights_name_every_file_and_come_in_file_order(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text(
+        "data:\n  embedding_files: [data/nli.jsonl, data/coco.jsonl.gz]\n  generative_files: [g.jsonl, h.jsonl]\n"
+        "  embedding_weights:\n    data/coco.jsonl.gz: 1\n    nli.jsonl: 3.5\n"
+    )
+    cfg = TrainConfig.from_file(path)
+    assert cfg.data.weights_for("embedding") == [3.5, 1.0] and cfg.data.weights_for("generative") is None
+    cfg = TrainConfig.from_file(path, overrides=['data.generative_weights={"g.jsonl": 2, "h.jsonl": 1}'])
+    assert cfg.data.weights_for("generative") == [2.0, 1.0]
+    refused = {
+        '{"g.jsonl": 2}': "gives no weight to 'h.jsonl'",
+        '{"g.jsonl": 2, "h.jsonl": 0}': "weights must be numbers > 0",
+        '{"g.jsonl": 2, "h.jsonl": -1}': "weights must be numbers > 0",
+        '{"g.jsonl": 2, "h.jsonl": true}': "must be float, got True",
+        '{"g.jsonl": 2, "other.jsonl": 1}': "other.jsonl.*not one of data.generative_files",
+    }
+    for value, match in refused.items():
+        with pytest.raises(ValueError, match=match):
+            TrainConfig.from_file(path, overrides=[f"data.generative_weights={value}"])
+    with pytest.raises(ValueError, match="weights must be numbers > 0"):
+        TrainConfig.from_file(path, overrides=['data.embedding_weights={"nli.jsonl": "inf", "coco.jsonl.gz": 1}'])
+
+
 def test_a_config_extends_another_and_overrides_key_by_key(tmp_path):
     (tmp_path / "base.yaml").write_text(YAML)
     (tmp_path / "gpu.yaml").write_text("extends: base.yaml\nlr: 5e-4\ndata:\n  embedding_batch_size: 512\n")

@@ -15,6 +15,7 @@ from grit.train.data import (
     Dataset,
     EmbeddingExample,
     add_default_instructions,
+    apportion,
     drop_short_answers,
     embedding_group,
     embedding_groups,
@@ -240,6 +241,69 @@ def test_sampler_state_must_match_the_data():
         BatchSampler([50, 31], 4, seed=3).load_state_dict(state)
     with pytest.raises(ValueError, match="seed"):
         BatchSampler([50, 30], 4, seed=0).load_state_dict(state)
+
+
+@pytest.mark.parametrize("weights", [[1, 1, 1], [1, 3, 0.5], [10, 1, 1]])
+def test_weighted_sampler_gives_each_data_set_its_share_of_batches(weights):
+    sizes, bs = [60, 12, 30], 4  # set 1 (3 batches a round) must go round again when weighted up
+    sampler = BatchSampler(sizes, bs, seed=2, weights=weights)
+    epoch = take(sampler, len(sampler))
+    assert len(sampler) == 15 + 3 + 7  # an epoch keeps its unweighted length
+    counts = Counter(b.items[0][0] for b in epoch)
+    assert [counts[d] for d in range(3)] == apportion(len(sampler), weights)
+    for b in epoch:
+        assert len({d for d, _ in b.items}) == 1 and len(set(b.items)) == bs  # one set, no example twice
+    assert all(abs(counts[d] - len(sampler) * w / sum(weights)) < 1 for d, w in enumerate(weights))
+
+
+def test_weighted_sampler_upsamples_a_small_set_in_fresh_orders_and_skips_one_too_small():
+    sampler = BatchSampler([8, 40, 3], 4, seed=0, weights=[4, 1, 9])  # set 2 (3 < batch of 4) is never drawn
+    epoch = [b.items for b in take(sampler, len(sampler))]
+    small = [items for items in epoch if items[0][0] == 0]
+    assert len(sampler) == 12 and len(small) == apportion(12, [4, 1, 0])[0] == 10  # 5 rounds of set 0's 2 batches
+    assert Counter(item for items in small for item in items) == {(0, i): 5 for i in range(8)}
+    assert not any(items[0][0] == 2 for items in epoch)
+
+
+def test_weighted_pooled_sampler_draws_examples_by_weight():
+    sampler = BatchSampler([100, 10], 5, seed=1, same_dataset=False, weights=[1, 1])
+    seen = Counter(d for b in take(sampler, len(sampler)) for d, _ in b.items)
+    assert seen == {0: 55, 1: 55}
+
+
+@pytest.mark.parametrize("stop", [0, 7, 24, 25, 26, 60])  # 25 batches per epoch
+def test_weighted_sampler_resumes_exactly_and_keeps_its_weights(stop):
+    sampler = BatchSampler([60, 12, 30], 4, seed=3, weights=[1, 3, 1])
+    take(sampler, stop)
+    state = json.loads(json.dumps(sampler.state_dict()))
+    expected = take(sampler, 30)
+    resumed = BatchSampler([60, 12, 30], 4, seed=3, weights=[1, 3, 1])
+    resumed.load_state_dict(state)
+    assert take(resumed, 30) == expected
+    with pytest.raises(ValueError, match="weights"):
+        BatchSampler([60, 12, 30], 4, seed=3).load_state_dict(state)
+
+
+def test_an_unweighted_state_from_before_weights_still_loads():
+    state = BatchSampler([50, 30], 4, seed=3).state_dict()
+    del state["weights"]
+    BatchSampler([50, 30], 4, seed=3).load_state_dict(state)
+    with pytest.raises(ValueError, match="weights"):
+        BatchSampler([50, 30], 4, seed=3, weights=[1, 1]).load_state_dict(state)
+
+
+@pytest.mark.parametrize("weights, match", [([1], "2 data sets"), ([1, 0], "> 0"), ([1, float("nan")], "> 0")])
+def test_sampler_refuses_bad_weights(weights, match):
+    with pytest.raises(ValueError, match=match):
+        BatchSampler([50, 30], 4, weights=weights)
+
+
+def test_apportion_splits_a_total_exactly():
+    assert apportion(10, [1, 1, 1]) == [4, 3, 3]
+    assert apportion(7, [1, 0, 2]) == [2, 0, 5]
+    assert sum(apportion(1001, [0.3, 1.7, 5.0])) == 1001
+    with pytest.raises(ValueError, match="every weight is zero"):
+        apportion(5, [0, 0])
 
 
 def test_mixed_sampler_pools_all_data_sets():
