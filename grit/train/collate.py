@@ -17,6 +17,7 @@ that drops the reasoning of earlier turns).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -58,6 +59,7 @@ class EmbeddingBatch(TensorBatch):
     passage_text: torch.Tensor  # (B*G, Tp)
     group_size: int
     truncated: int  # queries and passages cut at their max length; the trainer sums and reports them
+    passage_keys: torch.Tensor | None = None  # (B*G,) int64 fingerprint of each passage: equal texts, equal keys
 
 
 @dataclass
@@ -116,7 +118,15 @@ def collate_embedding(
         *pad_batch(passages, pad_id, cpu),
         group_size=group_size,
         truncated=sum(x.truncated for x in queries + passages),
+        passage_keys=torch.tensor([text_key(p) for g in groups for p in g.passages], dtype=torch.long),
     )
+
+
+def text_key(text: Text) -> int:
+    """A fingerprint of an (instruction, text) pair that every process computes alike (``hash`` of a str differs
+    between processes), so copies of a passage can be found in a batch gathered across processes."""
+    digest = hashlib.blake2b("\x00".join(text).encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
 
 
 # --- generation --------------------------------------------------------------------------------------------------

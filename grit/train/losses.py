@@ -27,6 +27,7 @@ def contrastive_loss(
     *,
     group_size: int | None = None,
     offset: int = 0,
+    passage_keys: Tensor | None = None,
 ) -> Tensor:
     """InfoNCE with in-batch and hard negatives; scale = 1 / temperature.
 
@@ -45,6 +46,10 @@ def contrastive_loss(
             constants and this process's queries do not push them (GritLM then gathers the queries as well and
             computes the full N-query loss on every process, which is also ``offset=0`` with gathered q and p).
             With ``symmetric``, the passage-to-query direction only sees the queries in ``q``.
+        passage_keys: (N*G,) a fingerprint per passage (equal texts, equal keys). Other copies of a query's
+            positive are left out of its negatives: several questions about one passage, or rows labelled alike
+            whose positive is the label, would otherwise be pushed away from their own positive. Likewise, with
+            ``symmetric``, queries that share a positive are not each other's negatives.
     Returns:
         Mean cross-entropy over the b queries (scalar).
     Example:
@@ -66,9 +71,20 @@ def contrastive_loss(
     q, p = q.float(), p.float()  # bf16 scores / 0.02 lose too many digits for a stable softmax
     positives = (torch.arange(b, device=q.device) + offset) * group_size  # row of each query's positive
     scores = q @ p.T / temperature  # (b, H) x (H, N*G) -> (b, N*G)
+    if passage_keys is not None:
+        if passage_keys.shape != (len(p),):
+            raise ValueError(f"passage_keys has shape {tuple(passage_keys.shape)}; expected ({len(p)},)")
+        copies = passage_keys[None, :] == passage_keys[positives][:, None]  # (b, N*G): the positive's copies
+        copies[torch.arange(b, device=q.device), positives] = False
+        scores = scores.masked_fill(copies, float("-inf"))
     loss = F.cross_entropy(scores, positives)
     if symmetric:
         reverse = p[positives] @ q.T / temperature  # (b, H) x (H, b) -> (b, b): positive j vs. every query
+        if passage_keys is not None:
+            mine = passage_keys[positives]
+            shared = mine[:, None] == mine[None, :]  # queries j and i share a positive
+            shared.fill_diagonal_(False)
+            reverse = reverse.masked_fill(shared, float("-inf"))
         loss = (loss + F.cross_entropy(reverse, torch.arange(b, device=q.device))) / 2
     return loss
 

@@ -66,9 +66,11 @@ def embed(base_model: torch.nn.Module, ids: Tensor, padding: Tensor, text: Tenso
     return F.normalize(pool(states, text, pooling), dim=-1)  # (n, H)
 
 
-def contrastive(q: Tensor, p: Tensor, group_size: int, cfg: TrainConfig, d: Dist) -> Tensor:
-    """The global batch's InfoNCE from this process's (b, H) queries and (b*G, H) passages."""
-    return contrastive_loss(gather(q, d), gather(p, d), cfg.temperature, cfg.symmetric, group_size=group_size)
+def contrastive(q: Tensor, p: Tensor, emb: EmbeddingBatch, cfg: TrainConfig, d: Dist) -> Tensor:
+    """The global batch's InfoNCE from this process's (b, H) queries and (b*G, H) passages of ``emb``."""
+    keys = None if emb.passage_keys is None else gather(emb.passage_keys.to(p.device), d)
+    return contrastive_loss(gather(q, d), gather(p, d), cfg.temperature, cfg.symmetric,
+                            group_size=emb.group_size, passage_keys=keys)  # fmt: skip
 
 
 def head_is_plain(lm: torch.nn.Module) -> bool:
@@ -123,7 +125,7 @@ def micro_step(
                              packed=cfg.data.pack)  # fmt: skip
 
         def loss_fn(q: Tensor, p: Tensor) -> Tensor:
-            return contrastive(q, p, emb.group_size, cfg, d)
+            return contrastive(q, p, emb, cfg, d)
 
         queries = (emb.query_ids, emb.query_padding, emb.query_text)
         passages = (emb.passage_ids, emb.passage_padding, emb.passage_text)

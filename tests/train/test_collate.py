@@ -6,7 +6,13 @@ import torch
 from grit.embedding import tokenize
 from grit.formats import PromptFormat
 from grit.generation import chat_prompt
-from grit.train.collate import assistant_spans, collate_embedding, collate_generative, tokenize_conversation
+from grit.train.collate import (
+    assistant_spans,
+    collate_embedding,
+    collate_generative,
+    text_key,
+    tokenize_conversation,
+)
 from grit.train.data import EmbeddingGroup, GenerativeExample
 
 CHAT = [
@@ -56,6 +62,18 @@ def test_collate_embedding_shapes_and_text_masks(tokenizer):
         pooled = batch.query_ids[row][batch.query_text[row].bool()].tolist()
         assert tokenizer.decode(pooled) == text
     assert tokenizer.decode(batch.passage_ids[2][batch.passage_text[2].bool()].tolist()) == "logs events"
+
+
+def test_passage_keys_are_equal_exactly_for_equal_passages(tokenizer):
+    groups = [
+        EmbeddingGroup(("", "q0"), [("", "a shared passage"), ("", "a negative")]),
+        EmbeddingGroup(("", "q1"), [("", "a shared passage"), ("Represent it", "a shared passage")]),
+    ]
+    keys = collate_embedding(tokenizer, groups, TEMPLATE, 48, 48).passage_keys.tolist()
+    assert keys[0] == keys[2] and len({keys[0], keys[1], keys[3]}) == 3  # the instruction is part of the passage
+    # Fixed by the text alone (blake2b), not by Python's per-process str hash: processes compare each other's.
+    assert text_key(("", "a shared passage")) == text_key(("", "a shared passage")) == keys[0]
+    assert text_key(("", "x")) == 2812061760185643760
 
 
 def test_collate_embedding_cuts_and_counts(tokenizer):

@@ -63,6 +63,36 @@ def test_gathered_passages_with_offset_match_the_full_batch():
     torch.testing.assert_close(q.grad, grad_full)
 
 
+def test_copies_of_a_positive_are_not_its_queries_negatives():
+    # Queries 0 and 1 share one positive text (two questions about one passage); query 2 has its own. Without keys
+    # each is pushed away from the other's copy of its own positive; with keys those columns are left out, by hand.
+    t = 0.5
+    q = F.normalize(torch.tensor([[1.0, 0.2], [0.9, 0.4], [0.0, 1.0]]), dim=-1)
+    p = F.normalize(torch.tensor([[1.0, 0.3], [1.0, 0.3], [0.1, 1.0]]), dim=-1)  # G = 1: rows 0 and 1 equal texts
+    keys = torch.tensor([7, 7, -3])
+    s = [[v / t for v in row] for row in dots(q, p)]
+    expected = (xent([s[0][0], s[0][2]], 0) + xent([s[1][1], s[1][2]], 0) + xent(s[2], 2)) / 3
+    assert contrastive_loss(q, p, t, passage_keys=keys).item() == pytest.approx(expected, rel=1e-5)
+    assert contrastive_loss(q, p, t, passage_keys=torch.tensor([1, 2, 3])).item() == pytest.approx(
+        contrastive_loss(q, p, t).item(), rel=1e-6
+    )  # all distinct: nothing left out
+    r = [[v / t for v in row] for row in dots(p, q)]  # symmetric: positives 0 and 1 do not score the other query
+    backward = (xent([r[0][0], r[0][2]], 0) + xent([r[1][1], r[1][2]], 0) + xent(r[2], 2)) / 3
+    got = contrastive_loss(q, p, t, symmetric=True, passage_keys=keys).item()
+    assert got == pytest.approx((expected + backward) / 2, rel=1e-5)
+
+
+def test_a_hard_negative_equal_to_the_positive_is_left_out():
+    p = P.clone()
+    p[1] = p[0]  # query 0's hard negative is a copy of its positive (a data error)
+    s = dots(Q, p)
+    expected = (xent([s[0][0], s[0][2], s[0][3]], 0) + xent(s[1], 2)) / 2
+    got = contrastive_loss(Q, p, 1.0, passage_keys=torch.tensor([5, 5, 6, 8])).item()
+    assert got == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="passage_keys has shape"):
+        contrastive_loss(Q, p, 1.0, passage_keys=torch.tensor([5, 5, 6]))
+
+
 def test_contrastive_loss_checks_shapes():
     with pytest.raises(ValueError, match="whole number of groups"):
         contrastive_loss(Q, P[:3])
