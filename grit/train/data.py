@@ -95,6 +95,8 @@ def parse_embedding(obj: Any) -> EmbeddingExample:
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
     if "query" not in obj and "question" in obj and "passage" in obj:  # a passage-QA row (grit's RAG files)
         return EmbeddingExample(parse_text(obj["question"], "question"), [parse_text(obj["passage"], "passage")])
+    if "query" not in obj and "text" in obj and "label" in obj:  # a classification row: the text -> its label
+        return EmbeddingExample(parse_text(obj["text"], "text"), [("", label_text(obj["label"]))])
     for key in ("query", "pos"):
         if key not in obj:
             raise ValueError(f"missing key {key!r} (an embedding example has query, pos and optional neg)")
@@ -107,6 +109,17 @@ def parse_embedding(obj: Any) -> EmbeddingExample:
     if not passages["pos"]:
         raise ValueError("pos is empty; every query needs at least one positive passage")
     return EmbeddingExample(parse_text(obj["query"], "query"), passages["pos"], passages["neg"])
+
+
+def label_text(label: Any) -> str:
+    """A class label as the passage a classification row's text is paired with: ``card_arrival`` → ``card
+    arrival``. Rows with one label share one positive, which the loss does not count as their negatives."""
+    if isinstance(label, bool) or not isinstance(label, str | int):
+        raise ValueError(f"label must be a string or an integer, got {label!r:.80}")
+    text = str(label).replace("_", " ").strip()
+    if not text:
+        raise ValueError("label is empty")
+    return text
 
 
 def parse_generative(obj: Any) -> GenerativeExample:

@@ -42,13 +42,15 @@ EMBEDDING_ROWS = [
     {"query": ["Retrieve a passage: ", "who wrote it"], "pos": [["Represent the passage", "Jane wrote it"]]},
     {"query": "dogs", "pos": ["puppies", "hounds"], "neg": [], "source": "ignored"},
     {"id": "q1", "question": "Who wrote it?", "answers": ["Jane"], "passage": "Jane wrote it in 1990.", "title": ""},
+    {"text": "my card has not come", "label": "card_arrival"},
+    {"text": "a fine film", "label": 1},
 ]
 
 
 @pytest.mark.parametrize("name", ["emb.jsonl", "emb.jsonl.gz"])
 def test_read_embedding_file(tmp_path, name):
     (ds,) = read_embedding_files([write_jsonl(tmp_path / name, EMBEDDING_ROWS)])
-    assert len(ds) == 4 and ds.skipped == 0
+    assert len(ds) == 6 and ds.skipped == 0
     assert ds.examples[0] == EmbeddingExample(("", "a cat"), [("", "a kitten")], [("", "a car")])
     # The instruction loses its trailing ": " as in GritLM; the text is kept as is.
     assert ds.examples[1].query == ("Retrieve a passage", "who wrote it")
@@ -56,6 +58,17 @@ def test_read_embedding_file(tmp_path, name):
     assert len(ds.examples[2].pos) == 2
     # A passage-QA row (grit's RAG files) is a question and its passage: a query and its positive.
     assert ds.examples[3] == EmbeddingExample(("", "Who wrote it?"), [("", "Jane wrote it in 1990.")])
+    # A classification row (grit's eval files) is a text and its label, as words: a query and its positive.
+    assert ds.examples[4] == EmbeddingExample(("", "my card has not come"), [("", "card arrival")])
+    assert ds.examples[5].pos == [("", "1")]
+
+
+@pytest.mark.parametrize("label, match", [(None, "string or an integer"), (True, "string or an integer"),
+                                          (["a"], "string or an integer"), ("_ ", "label is empty")])  # fmt: skip
+def test_a_classification_row_needs_a_usable_label(tmp_path, label, match):
+    path = write_jsonl(tmp_path / "cls.jsonl", [{"text": "fine", "label": "ok"}, {"text": "x", "label": label}])
+    with pytest.raises(DataFormatError, match=f"cls.jsonl:2.*{match}"):
+        read_embedding_files([path])
 
 
 def test_read_generative_file(tmp_path):
