@@ -148,19 +148,41 @@ def join_caches(base_model: torch.nn.Module, spans: Sequence[SpanCache], reposit
     return DynamicCache(layers, config=base_model.config), ids
 
 
-@torch.inference_mode()
-def reference_logits(lm: torch.nn.Module, blocks: Sequence[Sequence[int]], suffix: Sequence[int]) -> torch.Tensor:
-    """What independently cached causal spans stand for, computed fresh: one forward over blocks + suffix in which
-    each block attends only to itself (causally) and the suffix attends to everything before it. Returns the
-    suffix's logits (len(suffix), vocab). The yardstick for ``join_caches`` (tests and bench/rag_rope.py)."""
-    ids = [t for b in blocks for t in b] + list(suffix)
-    n, start = len(ids), 0
+def block_attention(block_lengths: Sequence[int], suffix_length: int, attention: CacheAttention) -> torch.Tensor:
+    """Which token may attend to which (n, n) bool, for blocks cached on their own followed by a suffix that sees
+    them all: each block attends only to itself (``causal``: to its earlier tokens; ``bidirectional``: to all of
+    its tokens, as the embedding pass computed them); the suffix attends causally to everything before it. With
+    positions 0..n-1 this is exactly what joined, re-rotated span caches stand for (RoPE scores depend only on
+    relative positions), so one forward under this mask computes in one pass what caching does in several."""
+    if attention not in ("bidirectional", "causal"):
+        raise ValueError(f"attention must be 'bidirectional' or 'causal', got {attention!r}")
+    n = sum(block_lengths) + suffix_length
     allowed = torch.zeros(n, n, dtype=torch.bool)
-    for b in blocks:
-        allowed[start : start + len(b), start : start + len(b)] = True
-        start += len(b)
+    start = 0
+    for length in block_lengths:
+        allowed[start : start + length, start : start + length] = True
+        start += length
+    causal = torch.tril(torch.ones(n, n, dtype=torch.bool))
     allowed[start:, :] = True
-    allowed &= torch.tril(torch.ones(n, n, dtype=torch.bool))
+    if attention == "causal":
+        return allowed & causal
+    allowed[start:] &= causal[start:]
+    return allowed
+
+
+@torch.inference_mode()
+def reference_logits(
+    lm: torch.nn.Module,
+    blocks: Sequence[Sequence[int]],
+    suffix: Sequence[int],
+    attention: CacheAttention = "causal",
+) -> torch.Tensor:
+    """What independently cached spans stand for, computed fresh: one forward over blocks + suffix under
+    ``block_attention``. Returns the suffix's logits (len(suffix), vocab). The yardstick for ``join_caches``
+    (tests and bench/rag_rope.py)."""
+    ids = [t for b in blocks for t in b] + list(suffix)
+    n, start = len(ids), len(ids) - len(suffix)
+    allowed = block_attention([len(b) for b in blocks], len(suffix), attention)
     device, dtype = next(lm.parameters()).device, lm.dtype
     mask = torch.zeros(1, 1, n, n, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min).to(device)
     out = lm(input_ids=torch.tensor([ids], device=device), attention_mask=mask,

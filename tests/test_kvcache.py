@@ -3,7 +3,15 @@
 import pytest
 import torch
 
-from grit.kvcache import SpanCache, compute_cache, join_caches, logits_on_cache, reference_logits, shift_keys
+from grit.kvcache import (
+    SpanCache,
+    block_attention,
+    compute_cache,
+    join_caches,
+    logits_on_cache,
+    reference_logits,
+    shift_keys,
+)
 from grit.transformers_compat import returned_cache
 
 
@@ -44,7 +52,11 @@ def test_shifted_keys_equal_keys_computed_at_that_position(tiny_grit):
     torch.testing.assert_close(twice, shift_keys(base, at_zero.keys[1], 37), atol=1e-5, rtol=1e-5)
 
 
-def test_multi_document_cache_with_rope_shift_matches_fresh_computation(tiny_grit):
+@pytest.mark.parametrize("attention", ["causal", "bidirectional"])
+def test_multi_document_cache_with_rope_shift_matches_fresh_computation(tiny_grit, attention):
+    """Joined span caches (each computed at positions from 0, then re-rotated) equal one block-masked forward:
+    for ``bidirectional`` spans (the embedding pass's free caches) too, which is what a model trained under that
+    mask learns to read."""
     base = tiny_grit.lm.base_model
     docs = [
         ids_of(tiny_grit, "<|embed|>\nThe json module exposes an API familiar to users of marshal."),
@@ -52,12 +64,22 @@ def test_multi_document_cache_with_rope_shift_matches_fresh_computation(tiny_gri
         ids_of(tiny_grit, "<|embed|>\nThe argparse module makes it easy to write command-line interfaces."),
     ]
     question = ids_of(tiny_grit, "\nWhich module logs events?\nThe answer is")
-    spans = [compute_cache(base, d, "causal") for d in docs]
-    fresh = reference_logits(tiny_grit.lm, docs, question)
+    spans = [compute_cache(base, d, attention) for d in docs]
+    fresh = reference_logits(tiny_grit.lm, docs, question, attention)
     fixed = (logits_on_cache(tiny_grit.lm, spans, question) - fresh).abs().max().item()
     gritlm = (logits_on_cache(tiny_grit.lm, spans, question, reposition=False) - fresh).abs().max().item()
     assert fixed < 1e-4, f"RoPE-shifted cache: max logit difference {fixed}"
     assert gritlm > 100 * fixed, f"plain concatenation should be far off: {gritlm} vs {fixed}"
+
+
+def test_block_attention_by_hand():
+    t, f = True, False
+    causal = [[t, f, f, f, f], [t, t, f, f, f], [f, f, t, f, f], [t, t, t, t, f], [t, t, t, t, t]]
+    bidirectional = [[t, t, f, f, f], [t, t, f, f, f], [f, f, t, f, f], [t, t, t, t, f], [t, t, t, t, t]]
+    assert block_attention([2, 1], 2, "causal").tolist() == causal
+    assert block_attention([2, 1], 2, "bidirectional").tolist() == bidirectional
+    with pytest.raises(ValueError, match="attention must be"):
+        block_attention([2], 1, "both")
 
 
 def test_join_needs_spans(tiny_grit):
