@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 
 from grit.attention import bidirectional_mask, positions
+from grit.packing import allowed_attention
 from grit.transformers_compat import cache_argument, returned_cache
 
 CacheAttention = Literal["bidirectional", "causal"]
@@ -153,21 +154,14 @@ def block_attention(block_lengths: Sequence[int], suffix_length: int, attention:
     them all: each block attends only to itself (``causal``: to its earlier tokens; ``bidirectional``: to all of
     its tokens, as the embedding pass computed them); the suffix attends causally to everything before it. With
     positions 0..n-1 this is exactly what joined, re-rotated span caches stand for (RoPE scores depend only on
-    relative positions), so one forward under this mask computes in one pass what caching does in several."""
+    relative positions), so one forward under this mask computes in one pass what caching does in several. The
+    trainer's cache-aware rows are masked the same way (``grit.packing.allowed_attention``)."""
     if attention not in ("bidirectional", "causal"):
         raise ValueError(f"attention must be 'bidirectional' or 'causal', got {attention!r}")
-    n = sum(block_lengths) + suffix_length
-    allowed = torch.zeros(n, n, dtype=torch.bool)
-    start = 0
-    for length in block_lengths:
-        allowed[start : start + length, start : start + length] = True
-        start += length
-    causal = torch.tril(torch.ones(n, n, dtype=torch.bool))
-    allowed[start:, :] = True
-    if attention == "causal":
-        return allowed & causal
-    allowed[start:] &= causal[start:]
-    return allowed
+    sign = 1 if attention == "bidirectional" else -1
+    blocks = [sign * (k + 1) for k, length in enumerate(block_lengths) for _ in range(length)] + [0] * suffix_length
+    segments = torch.ones(1, len(blocks), dtype=torch.long)
+    return allowed_attention(segments, True, torch.tensor([blocks]))[0]
 
 
 @torch.inference_mode()

@@ -106,16 +106,37 @@ def pack_batch(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.de
     return PackedBatch(ids.to(device), positions.to(device), segments.to(device), places)
 
 
-def segment_mask(segments: torch.Tensor, causal: bool, dtype: torch.dtype) -> torch.Tensor:
-    """(R, W) segment numbers → (R, 1, W, W) additive mask: a token attends to the tokens of its own segment (all of
-    them, or with ``causal`` those before it). Padding (segment 0) attends to padding, so no row is all masked."""
-    allowed = segments[:, :, None] == segments[:, None, :]
-    if causal:
-        allowed &= torch.tril(torch.ones(allowed.shape[-2:], dtype=torch.bool, device=segments.device))
+def segment_mask(
+    segments: torch.Tensor, causal: bool, dtype: torch.dtype, blocks: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(R, W) segment numbers → (R, 1, W, W) additive mask from ``allowed_attention``."""
+    allowed = allowed_attention(segments, causal, blocks)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=segments.device).masked_fill(
         ~allowed, torch.finfo(dtype).min
     )
     return mask[:, None]
+
+
+def allowed_attention(segments: torch.Tensor, causal: bool, blocks: torch.Tensor | None = None) -> torch.Tensor:
+    """(R, W) segment numbers → (R, W, W) bool: a token attends to the tokens of its own segment (all of them, or
+    with ``causal`` those before it). Padding (segment 0) attends to padding, so no row is all masked.
+
+    ``blocks`` (R, W), with ``causal``, marks spans inside a segment that were computed on their own, as cached
+    documents are (cache-aware RAG rows): a token of block k > 0 attends to all of block k (bidirectional, as the
+    embedding pass), of block k < 0 to the earlier tokens of block k (causal), and a token outside blocks (0: the
+    question and answer, a chat) to every earlier token of its segment, blocks included."""
+    allowed = segments[:, :, None] == segments[:, None, :]
+    if not causal and blocks is not None:
+        raise ValueError("blocks need causal attention around them")
+    if not causal:
+        return allowed
+    earlier = torch.tril(torch.ones(allowed.shape[-2:], dtype=torch.bool, device=segments.device))
+    if blocks is None:
+        return allowed & earlier
+    mine, theirs = blocks[:, :, None], blocks[:, None, :]
+    in_block = mine != 0
+    within = in_block & (mine == theirs) & ((mine > 0) | earlier)
+    return allowed & (within | (~in_block & earlier))
 
 
 def unpack(packed: torch.Tensor, batch: PackedBatch, lengths: Sequence[int]) -> torch.Tensor:

@@ -13,7 +13,7 @@ _EXPORTS = {
     "CACHE_MODES": "grit.rag.answer",
     "RAG": "grit.rag.answer",
     "Answer": "grit.rag.answer",
-    "RagFormat": "grit.rag.answer",
+    "RagFormat": "grit.rag.modes",
     "Chunk": "grit.rag.chunking",
     "ChunkConfig": "grit.rag.chunking",
     "chunk_documents": "grit.rag.chunking",

@@ -43,26 +43,11 @@ from grit.hardware import dtype_name
 from grit.kvcache import CacheAttention, SpanCache
 from grit.model import GritModel, sampling
 from grit.rag.kvstore import CacheKey, KVStore, store_folder
-from grit.rag.modes import CACHE_MODES, CacheMode
+from grit.rag.modes import CACHE_MODES, CacheMode, RagFormat
 from grit.text import check_text
 
 log = logging.getLogger(__name__)
 RAG_MAX_NEW_TOKENS = 64  # answers from documents are short; the default of ``max_new_tokens`` here
-
-
-@dataclass(frozen=True)
-class RagFormat:
-    """The user turns around cached spans (GritLM's wording); rendered with the model's chat format."""
-
-    docs_then_question: str = (
-        "{docs}\n\n{question}\n\nAnswer the prior query while optionally using the context prior to it"
-    )
-    after_docs: str = "{question}\n\nAnswer the prior query while optionally using the context prior to it"
-    after_question: str = "{docs}\n\nOptionally using the prior context answer the query prior to it"
-    after_docs_question: str = "Answer the prior query while optionally using the context prior to it"
-    after_question_docs: str = "Optionally using the prior context answer the query prior to it"
-    doc_separator: str = "\n\n"
-    answer_prefix: str = ""  # text the answer starts with (GritLM's QA eval: "The answer is")
 
 
 @dataclass

@@ -90,10 +90,12 @@ class Batches:
     def next_generative(self) -> GenerativeBatch:
         batch = next(self.samplers["generative"])
         batch = dataclasses.replace(batch, items=shard(batch.items, self.d, "data.generative_batch_size"))
-        examples = generative_examples(self.generative_sets, batch)
-        out = collate_generative(
-            self.tokenizer, examples, self.fmt, self.cfg.data.generative_max_length, self.pack_width_cost
+        data = self.cfg.data
+        examples = generative_examples(
+            self.generative_sets, batch, self.cfg.seed, data.rag_passages, data.rag_cache_attention
         )
+        out = collate_generative(self.tokenizer, examples, self.fmt, data.generative_max_length,
+                                 self.pack_width_cost, data.passage_max_length)  # fmt: skip
         self.warn_truncated("generative", out.truncated, "generative_max_length")
         return out
 

@@ -74,6 +74,7 @@ class GenerativeBatch(TensorBatch):
     sequences: int  # conversations (rows, unless packed)
     positions: torch.Tensor | None = None  # (R, T) packed: each conversation's positions from 0
     segments: torch.Tensor | None = None  # (R, T) packed: conversation number from 1, padding 0
+    blocks: torch.Tensor | None = None  # (R, T) cache-aware rows' documents (grit.packing.allowed_attention)
 
 
 # --- embedding ---------------------------------------------------------------------------------------------------
@@ -162,18 +163,20 @@ def assistant_spans(tokenizer, messages: Sequence[Message], fmt: PromptFormat) -
 
 
 def tokenize_conversation(
-    tokenizer, conversation: Sequence[Message] | str, fmt: PromptFormat, max_length: int
+    tokenizer, conversation: Sequence[Message] | str, fmt: PromptFormat, max_length: int, before: str = ""
 ) -> tuple[list[int], list[int], bool]:
     """(ids, labels, truncated) of one conversation, cut to ``max_length`` tokens.
 
     A chat is rendered with its format tokens (no tokenizer specials added: the template holds them, as in
-    ``grit.generation.prompt_ids``); a token is trained when it covers any character of an assistant span. A plain
-    string gets the tokenizer's special tokens and every token is trained.
+    ``grit.generation.prompt_ids``), after ``before`` (the newline a RAG prompt has after cached documents, as
+    ``GritModel.chat_ids``); a token is trained when it covers any character of an assistant span. A plain string
+    gets the tokenizer's special tokens and every token is trained.
     """
     if isinstance(conversation, str):
         ids = tokenizer(conversation, add_special_tokens=True)["input_ids"]
         return ids[:max_length], list(ids[:max_length]), len(ids) > max_length
     text, spans = assistant_spans(tokenizer, conversation, fmt)
+    text, spans = before + text, [(a + len(before), b + len(before)) for a, b in spans]
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"]
     labels = [
@@ -183,28 +186,67 @@ def tokenize_conversation(
     return ids[:max_length], labels[:max_length], len(ids) > max_length
 
 
+def tokenize_cached_rag(
+    tokenizer, example: GenerativeExample, fmt: PromptFormat, max_length: int, passage_max_length: int
+) -> tuple[list[int], list[int], list[int], bool]:
+    """(ids, labels, blocks, truncated) of a cache-aware RAG row, laid out as ``RAG`` answers in ``doc`` mode: each
+    document as the index embeds it (``<|embed|>\n{document}``, ``grit.embedding.tokenize``, no instruction, as
+    ``IndexConfig.document_instruction``) and cut at ``passage_max_length``, then the chat after a newline. Blocks
+    number the documents from 1 (negative: computed causally); the chat is block 0. Only the answer is trained."""
+    sign = 1 if example.passage_attention == "bidirectional" else -1
+    documents = tokenize(tokenizer, example.passages, fmt.embed_prefix(""), passage_max_length)
+    ids, labels, blocks = [], [], []
+    for k, doc in enumerate(documents):
+        ids += doc.ids
+        labels += [IGNORE] * len(doc.ids)
+        blocks += [sign * (k + 1)] * len(doc.ids)
+    tail, tail_labels, cut = tokenize_conversation(tokenizer, example.conversation, fmt, max_length, before="\n")
+    cut = cut or any(doc.truncated for doc in documents)
+    return ids + tail, labels + tail_labels, blocks + [0] * len(tail), cut
+
+
 def collate_generative(
-    tokenizer, examples: Sequence[GenerativeExample], fmt: PromptFormat, max_length: int, pack_width_cost: int = 0
+    tokenizer,
+    examples: Sequence[GenerativeExample],
+    fmt: PromptFormat,
+    max_length: int,
+    pack_width_cost: int = 0,
+    passage_max_length: int = 512,
 ) -> GenerativeBatch:
     """Tokenize B conversations and right-pad them, one per row, or with ``pack_width_cost`` (``grit.packing``'s
     ``attention_width`` of the model) pack them several per row; labels are -100 on padding and on everything but
-    assistant turns."""
+    assistant turns. Cache-aware RAG rows (``tokenize_cached_rag``) bring their documents as blocks, and the batch
+    then has positions, segments and blocks, packed or not."""
     if not examples:
         raise ValueError("a generative batch needs at least one example")
-    rows = [tokenize_conversation(tokenizer, ex.conversation, fmt, max_length) for ex in examples]
-    cut = sum(c for _, _, c in rows)
+    rows = []
+    for ex in examples:
+        if ex.passages:
+            rows.append(tokenize_cached_rag(tokenizer, ex, fmt, max_length, passage_max_length))
+        else:
+            ids, labels, cut = tokenize_conversation(tokenizer, ex.conversation, fmt, max_length)
+            rows.append((ids, labels, [0] * len(ids), cut))
+    cut = sum(c for *_, c in rows)
+    with_blocks = any(ex.passages for ex in examples)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     if pack_width_cost:
-        packed = pack_batch([ids for ids, _, _ in rows], pad_id, torch.device("cpu"), pack_width_cost)
-        labels = packed.lay_out([[IGNORE, *lab[1:]] for _, lab, _ in rows], IGNORE)
+        packed = pack_batch([ids for ids, *_ in rows], pad_id, torch.device("cpu"), pack_width_cost)
+        labels = packed.lay_out([[IGNORE, *lab[1:]] for _, lab, _, _ in rows], IGNORE)
         attention = (packed.segments > 0).long()
-        return GenerativeBatch(packed.ids, attention, labels, cut, len(rows), packed.positions, packed.segments)
-    width = max(len(ids) for ids, _, _ in rows)
+        blocks = packed.lay_out([b for _, _, b, _ in rows], 0) if with_blocks else None
+        return GenerativeBatch(packed.ids, attention, labels, cut, len(rows), packed.positions, packed.segments,
+                               blocks)  # fmt: skip
+    width = max(len(ids) for ids, *_ in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    for r, (ids, lab, _) in enumerate(rows):
+    blocks = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (ids, lab, block, _) in enumerate(rows):
         input_ids[r, : len(ids)] = torch.tensor(ids)
         attention[r, : len(ids)] = 1
         labels[r, : len(ids)] = torch.tensor(lab)
-    return GenerativeBatch(input_ids, attention, labels, cut, len(rows))
+        blocks[r, : len(ids)] = torch.tensor(block)
+    if not with_blocks:
+        return GenerativeBatch(input_ids, attention, labels, cut, len(rows))
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)  # one sequence per row, from 0
+    return GenerativeBatch(input_ids, attention, labels, cut, len(rows), positions, attention.clone(), blocks)

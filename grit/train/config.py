@@ -99,6 +99,16 @@ class DataConfig:
     query_max_length: int = opt(256, "Tokens per query, instruction and format included; longer ones are cut.")
     passage_max_length: int = opt(512, "Tokens per passage, instruction and format included; longer ones are cut.")
     generative_max_length: int = opt(1024, "Tokens per conversation, chat format included; longer ones are cut.")
+    rag_passages: int = opt(
+        3,
+        "Documents per cache-aware RAG row (passage-QA rows in generative_files): its own passage and others' as "
+        "distractors, each cut at passage_max_length, laid out as RAG reads them from cache.",
+    )
+    rag_cache_attention: Literal["bidirectional", "causal", "mixed"] = opt(
+        "bidirectional",
+        "How a cache-aware row's documents are computed: as the embedding pass (bidirectional, the free caches), "
+        "causally, or mixed (either, per row), so the model learns to read that cache source.",
+    )
     pack: bool = opt(
         True,
         "Pack several texts or conversations into one row of each forward pass (each attends only to itself, from "
@@ -146,6 +156,7 @@ class DataConfig:
         return [per_file(table, path, None) for path in getattr(self, f"{kind}_files")] if table else None
 
     def __post_init__(self) -> None:
+        check_choices(self, "data.")
         for name in ("embedding_files", "generative_files"):
             for path in getattr(self, name):
                 check(
@@ -176,6 +187,7 @@ class DataConfig:
                                    f"name every file of data.{kind}_files, or none")  # fmt: skip
         check(self.min_answer_words >= 0, f"data.min_answer_words must be >= 0, got {self.min_answer_words}")
         check(self.num_hard_negatives >= 0, f"data.num_hard_negatives must be >= 0, got {self.num_hard_negatives}")
+        check(self.rag_passages >= 1, f"data.rag_passages must be >= 1, got {self.rag_passages}")
         for name in ("query_max_length", "passage_max_length", "generative_max_length"):
             check(getattr(self, name) >= 2, f"data.{name} must be >= 2, got {getattr(self, name)}")
 

@@ -24,10 +24,11 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from grit.formats import Message, as_messages
 from grit.jsonl import DataFormatError, read_jsonl
+from grit.rag.modes import RagFormat
 from grit.splits import is_held_out
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,15 @@ class EmbeddingExample:
 
 @dataclass
 class GenerativeExample:
-    """A chat (trained on the assistant turns) or a plain string (trained on every token)."""
+    """A chat (trained on the assistant turns) or a plain string (trained on every token).
+
+    A cache-aware RAG row (issue 22) also has ``passages``: documents laid out before the chat as a RAG answer
+    reads them from cache, each a block of its own (``grit.packing.allowed_attention``), computed as
+    ``passage_attention`` says (the embedding pass's bidirectional states, or causal ones)."""
 
     conversation: list[Message] | str
+    passages: list[str] = field(default_factory=list)
+    passage_attention: Literal["bidirectional", "causal"] = "bidirectional"
 
 
 @dataclass
@@ -111,6 +118,25 @@ def parse_embedding(obj: Any) -> EmbeddingExample:
     return EmbeddingExample(parse_text(obj["query"], "query"), passages["pos"], passages["neg"])
 
 
+def parse_cached_rag(obj: dict) -> GenerativeExample:
+    """A passage-QA row (grit's RAG files: question, passage, answers) as a cache-aware RAG chat: the question in
+    the words ``RAG`` puts after cached documents (``RagFormat.after_docs``), the first answer as the reply."""
+    question, passage = obj["question"], obj["passage"]
+    for name, value in (("question", question), ("passage", passage)):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{name} must be a non-empty string, got {value!r:.80}")
+    answers = obj.get("answers", obj.get("answer"))
+    answers = [answers] if isinstance(answers, str) else answers
+    if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+        raise ValueError(f"answers must be a string or a list of strings, got {answers!r:.80}")
+    answer = next((a.strip() for a in answers if a.strip()), "")
+    if not answer:
+        raise ValueError("the row has no answer, so nothing to train on")
+    turn = RagFormat().after_docs.format(question=question.strip())
+    conversation = [{"role": "user", "content": turn}, {"role": "assistant", "content": answer}]
+    return GenerativeExample(conversation, [passage])
+
+
 def label_text(label: Any) -> str:
     """A class label as the passage a classification row's text is paired with: ``card_arrival`` → ``card
     arrival``. Rows with one label share one positive, which the loss does not count as their negatives."""
@@ -123,8 +149,10 @@ def label_text(label: Any) -> str:
 
 
 def parse_generative(obj: Any) -> GenerativeExample:
+    if isinstance(obj, dict) and "text" not in obj and "question" in obj and "passage" in obj:
+        return parse_cached_rag(obj)
     if not isinstance(obj, dict) or "text" not in obj:
-        raise ValueError('expected a JSON object with key "text"')
+        raise ValueError('expected a JSON object with key "text" (or a passage-QA row: question, passage, answers)')
     text = obj["text"]
     if isinstance(text, str):
         if not text.strip():
@@ -219,7 +247,9 @@ def drop_short_answers(datasets: Sequence[Dataset], min_words: int) -> None:
         return
     for dataset in datasets:
         before = len(dataset.examples)
-        dataset.examples = [ex for ex in dataset.examples if answer_words(ex) >= min_words]
+        # Cache-aware RAG rows stay: their answers are spans of the passage, short by nature, and their user turn
+        # says so, which a chat does not.
+        dataset.examples = [ex for ex in dataset.examples if ex.passages or answer_words(ex) >= min_words]
         if not dataset.examples:
             raise DataFormatError(dataset.path, None, f"holds no chat with an answer of {min_words} words or more")
         if len(dataset.examples) < before:
@@ -453,5 +483,41 @@ def embedding_groups(
     ]
 
 
-def generative_examples(datasets: Sequence[Dataset], batch: Batch) -> list[GenerativeExample]:
-    return [datasets[d].examples[i] for d, i in batch.items]
+def generative_examples(
+    datasets: Sequence[Dataset],
+    batch: Batch,
+    seed: int = 0,
+    passages: int = 1,
+    attention: Literal["bidirectional", "causal", "mixed"] = "bidirectional",
+) -> list[GenerativeExample]:
+    """The batch's examples; a cache-aware RAG row gets its documents here: its own passage and ``passages - 1``
+    other rows' (distractors, as retrieval brings), in random order, computed with ``attention`` ("mixed": either,
+    per row). The choices are fixed by position (``example_rng``), so a resumed run makes the same ones."""
+    out = []
+    for d, i in batch.items:
+        example = datasets[d].examples[i]
+        if example.passages:
+            rng = example_rng(seed, batch.epoch, d, i)
+            documents = with_distractors(datasets[d], i, passages, rng)
+            how = rng.choice(("bidirectional", "causal")) if attention == "mixed" else attention
+            example = GenerativeExample(example.conversation, documents, how)
+        out.append(example)
+    return out
+
+
+def with_distractors(dataset: Dataset, index: int, passages: int, rng: random.Random) -> list[str]:
+    """Example ``index``'s passages and other rows' up to ``passages`` in all (fewer when the file has no more
+    distinct ones), shuffled."""
+    own = list(dataset.examples[index].passages)
+    chosen, seen = list(own), set(own)
+    others = [j for j in rng.sample(range(len(dataset)), min(len(dataset), 4 * passages + 8)) if j != index]
+    for j in others:
+        if len(chosen) >= passages:
+            break
+        for text in dataset.examples[j].passages:
+            if text not in seen:
+                chosen.append(text)
+                seen.add(text)
+                break
+    rng.shuffle(chosen)
+    return chosen

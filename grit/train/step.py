@@ -84,8 +84,10 @@ def head_is_plain(lm: torch.nn.Module) -> bool:
 def generative(lm: torch.nn.Module, batch: GenerativeBatch, cfg: TrainConfig, d: Dist) -> Tensor:
     """Next-token loss of this process's share of the global batch, times the world size (see module doc)."""
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
-    if batch.segments is not None:  # packed rows: each conversation attends causally to itself, from position 0
-        inputs |= {"attention_mask": segment_mask(batch.segments, True, lm.dtype), "position_ids": batch.positions}
+    if batch.segments is not None:  # packed rows: each conversation attends causally to itself, from position 0;
+        # a cache-aware row's documents each attend only to themselves, as they were cached (batch.blocks)
+        mask = segment_mask(batch.segments, True, lm.dtype, batch.blocks)
+        inputs |= {"attention_mask": mask, "position_ids": batch.positions}
     if head_is_plain(lm):
         states = lm.get_decoder()(**inputs).last_hidden_state
         total = next_token_loss_from_states(states, lm.get_output_embeddings(), batch.labels, "sum")

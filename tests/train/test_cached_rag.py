@@ -1,0 +1,155 @@
+"""Cache-aware RAG rows (issue 22): passage-QA rows in the generative data train the model to answer from documents
+laid out as ``RAG`` reads them from cache, each document a block attending only to itself. The training forward
+over such a row must compute what joined span caches give at inference, and its tokens must be the ones RAG runs."""
+
+import gzip
+import json
+
+import pytest
+import torch
+
+from grit.formats import PromptFormat
+from grit.jsonl import DataFormatError
+from grit.kvcache import compute_cache, logits_on_cache
+from grit.packing import attention_width, segment_mask
+from grit.rag.modes import RagFormat
+from grit.train.collate import collate_generative
+from grit.train.config import DataConfig, TrainConfig
+from grit.train.data import Batch, drop_short_answers, generative_examples, read_generative_files
+from grit.train.distributed import Dist
+from grit.train.step import generative, micro_step
+
+ROWS = [
+    {"question": "Which module logs events?", "answers": ["logging"], "passage": "The logging module logs events."},
+    {"question": "What parses arguments?", "answers": ["", "argparse"], "passage": "argparse parses command lines."},
+    {"question": "What encodes data?", "answer": "json", "passage": "The json module encodes data as text."},
+    {"question": "Which module handles paths?", "answers": "pathlib", "passage": "pathlib offers paths as objects."},
+]
+FMT = PromptFormat()
+
+
+def write_rows(path, rows):
+    with gzip.open(path, "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    (ds,) = read_generative_files([write_rows(tmp_path_factory.mktemp("rag") / "qa.jsonl.gz", ROWS)])
+    return ds
+
+
+def test_a_passage_qa_row_reads_as_a_chat_about_its_passage(dataset):
+    first = dataset.examples[0]
+    assert first.passages == ["The logging module logs events."] and first.passage_attention == "bidirectional"
+    assert first.conversation == [
+        {"role": "user", "content": RagFormat().after_docs.format(question="Which module logs events?")},
+        {"role": "assistant", "content": "logging"},
+    ]
+    assert [ex.conversation[1]["content"] for ex in dataset.examples] == ["logging", "argparse", "json", "pathlib"]
+    drop_short_answers([dataset], 5)  # one-word answers stay: extractive answers are short by nature
+    assert len(dataset) == 4
+
+
+@pytest.mark.parametrize(
+    "row, match",
+    [
+        ({"question": "q", "passage": "p", "answers": [""]}, "no answer"),
+        ({"question": "q", "passage": "p"}, "answers must be"),
+        ({"question": " ", "passage": "p", "answers": ["a"]}, "question must be a non-empty string"),
+        ({"question": "q", "passage": 3, "answers": ["a"]}, "passage must be a non-empty string"),
+        ({"question": "q", "passage": "p", "answers": [1]}, "answers must be"),
+    ],
+)
+def test_a_bad_passage_qa_row_is_refused_with_its_line(tmp_path, row, match):
+    path = write_rows(tmp_path / "qa.jsonl.gz", [ROWS[0], row])
+    with pytest.raises(DataFormatError, match=f"qa.jsonl.gz:2.*{match}"):
+        read_generative_files([path])
+
+
+@pytest.mark.parametrize("k", [1, 3, 4, 9])
+def test_rows_get_their_passage_and_distractors_in_a_fixed_random_order(dataset, k):
+    batch = Batch(0, 0, ((0, 0), (0, 2)))
+    examples = generative_examples([dataset], batch, seed=5, passages=k)
+    assert examples == generative_examples([dataset], batch, seed=5, passages=k)  # fixed by position
+    for ex, own in zip(examples, (0, 2), strict=True):
+        assert len(ex.passages) == min(k, 4) == len(set(ex.passages))  # the file has 4 distinct passages
+        assert ROWS[own]["passage"] in ex.passages
+    assert dataset.examples[0].passages == [ROWS[0]["passage"]]  # the data set is not changed
+    orders = {tuple(generative_examples([dataset], Batch(e, 0, ((0, 1),)), passages=4)[0].passages) for e in range(8)}
+    assert len(orders) > 1  # the gold passage is not always in one place
+
+
+def test_mixed_attention_picks_either_source_per_row(dataset):
+    seen = {generative_examples([dataset], Batch(e, 0, ((0, 1),)), attention="mixed")[0].passage_attention
+            for e in range(12)}  # fmt: skip
+    assert seen == {"bidirectional", "causal"}
+
+
+def test_the_row_holds_the_tokens_rag_runs(tiny_grit, dataset):
+    """Documents as the index embeds them (their cached spans), then the turn RAG puts after them, then the answer:
+    the only trained tokens."""
+    (ex,) = generative_examples([dataset], Batch(0, 0, ((0, 0),)), passages=2)
+    batch = collate_generative(tiny_grit.tokenizer, [ex], FMT, 128, 0, 64)
+    ids, labels, blocks = batch.input_ids[0].tolist(), batch.labels[0].tolist(), batch.blocks[0].tolist()
+    docs = [tiny_grit.embedding_ids(p) for p in ex.passages]
+    prompt = tiny_grit.chat_ids(ex.conversation[:1], before="\n")  # what RAG runs after the cached documents
+    n = sum(len(d) for d in docs)
+    assert ids[:n] == docs[0] + docs[1] and blocks[:n] == [1] * len(docs[0]) + [2] * len(docs[1])
+    assert ids[n : n + len(prompt)] == prompt and set(blocks[n:]) == {0}
+    trained = tiny_grit.tokenizer.decode([t for t, lab in zip(ids, labels, strict=True) if lab != -100])
+    assert trained.startswith("logging") and all(lab == -100 for lab in labels[: n + len(prompt)])
+    assert batch.positions[0].tolist() == list(range(len(ids)))
+
+
+@pytest.mark.parametrize("attention", ["bidirectional", "causal"])
+@pytest.mark.parametrize("pack", [False, True], ids=["padded", "packed"])
+def test_the_training_forward_equals_joined_span_caches(tiny_grit, dataset, attention, pack):
+    """The logits the loss sees over the chat equal those RAG computes on the joined, re-rotated caches of the
+    documents (each computed on its own from position 0), for either cache source, packed or not."""
+    lm = tiny_grit.lm
+    examples = generative_examples([dataset], Batch(0, 0, ((0, 0), (0, 3))), passages=3, attention=attention)
+    width_cost = attention_width(lm.config) if pack else 0
+    batch = collate_generative(tiny_grit.tokenizer, examples, FMT, 128, width_cost, 64)
+    with torch.no_grad():
+        mask = segment_mask(batch.segments, True, lm.dtype, batch.blocks)
+        logits = lm(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.positions).logits
+    for j, ex in enumerate(examples):
+        docs = [tiny_grit.embedding_ids(p) for p in ex.passages]
+        spans = [compute_cache(lm.base_model, d, attention) for d in docs]
+        where = (batch.segments == j + 1) if pack else (batch.attention_mask.bool() & (torch.arange(2) == j)[:, None])
+        row, cols = (int(x) for x in where.nonzero()[0])
+        start = cols + sum(len(d) for d in docs)
+        tail = batch.input_ids[row, start : cols + int(where.sum())].tolist()
+        cached = logits_on_cache(lm, spans, tail)
+        assert (logits[row, start : start + len(tail)] - cached).abs().max().item() < 1e-4
+
+
+def test_rows_train_beside_chats_in_one_step(tiny_model_path, dataset):
+    """A cache-aware row in a generative batch with a chat: the step's loss is finite, the same packed or padded,
+    and gives gradients."""
+    from grit import GritModel
+
+    model = GritModel.load(tiny_model_path, dtype="float32", device="cpu")
+    chat = read_generative_files([write_rows(dataset.path.with_name("chat.jsonl.gz"),
+                                             [{"text": ["Name a module.", "The json module."]}])])[0]  # fmt: skip
+    examples = generative_examples([dataset, chat], Batch(0, 0, ((0, 1), (1, 0))), passages=2)
+    losses = []
+    for width_cost in (0, attention_width(model.lm.config)):
+        batch = collate_generative(model.tokenizer, examples, FMT, 128, width_cost, 64)
+        cfg = TrainConfig(mode="generative", data=DataConfig(generative_files=["g.jsonl"], pack=bool(width_cost)))
+        with torch.no_grad():
+            losses.append(generative(model.lm, batch, cfg, Dist()).item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5) and losses[0] > 0
+    model.lm.zero_grad()
+    micro_step(model.lm, None, batch, cfg, Dist())
+    grads = [p.grad for p in model.lm.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_rag_options_are_checked():
+    with pytest.raises(ValueError, match="rag_passages must be >= 1"):
+        DataConfig(generative_files=["g.jsonl"], rag_passages=0)
+    with pytest.raises(ValueError, match="rag_cache_attention must be one of"):
+        DataConfig(generative_files=["g.jsonl"], rag_cache_attention="both")
