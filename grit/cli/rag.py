@@ -173,6 +173,9 @@ def add_rag_commands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--cache", choices=CACHE_MODES, default="doc", help="which spans come from KV caches")
     source_help = "causal: exact; bidirectional: the embedding pass's states (free, needs a GRIT-trained model)"
     p.add_argument("--cache-source", choices=sources, default="causal", help=source_help)
+    p.add_argument("--recompute-ratio", type=fraction, default=0.0,
+                   help="share of the cached tokens recomputed across documents, those that deviate most "
+                        "(CacheBlend): 0 joins the caches as they are, 1 is a full prefill")  # fmt: skip
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--show-hits", action="store_true", help="print the retrieved chunks first")
     add_model_options(p, "default: the index's model")
@@ -185,6 +188,17 @@ def add_rag_commands(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def fraction(text: str) -> float:
+    """A number from 0 to 1 (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
+    return value
+
+
 def _rag(args: argparse.Namespace):
     from grit.rag.answer import RAG
 
@@ -193,7 +207,8 @@ def _rag(args: argparse.Namespace):
 
 def cmd_ask(args: argparse.Namespace) -> None:
     rag = _rag(args)
-    hits, stream = rag.stream(args.question, k=args.k, cache=args.cache, max_new_tokens=args.max_new_tokens)
+    hits, stream = rag.stream(args.question, k=args.k, cache=args.cache, max_new_tokens=args.max_new_tokens,
+                              recompute_ratio=args.recompute_ratio)  # fmt: skip
     if args.show_hits:
         print(format_hits(hits) + "\n")
     for piece in stream.pieces:

@@ -286,13 +286,20 @@ class RAG:
         seconds["prepare"] = time.perf_counter() - start
         return hits, layout, seconds
 
-    def _generate_args(self, question: str, k: int, cache: CacheMode, max_new_tokens: int, gate: Gate | None):
+    def _generate_args(self, question: str, k: int, cache: CacheMode, max_new_tokens: int, gate: Gate | None,
+                       recompute_ratio: float = 0.0):  # fmt: skip
         """Hits, layout and timings of ``prepare``, with the prompt ids (1, T) and the joined cache (or None) that
         generation starts from; under ``gate`` when the model is shared."""
+        if not 0.0 <= recompute_ratio <= 1.0:  # also NaN
+            raise ValueError(f"recompute_ratio must be between 0 and 1, got {recompute_ratio}")
         with gate.hold() if gate is not None else nullcontext():
             hits, layout, seconds = self.prepare(question, k, cache, max_new_tokens)
             ids = self.model.as_ids(layout.ids)
-            past = self.model.joined_cache(layout.spans, self.reposition) if layout.spans else None
+            start = time.perf_counter()
+            past = None
+            if layout.spans:
+                past = self.model.joined_cache(layout.spans, self.reposition, recompute_ratio)
+            seconds["join"] = time.perf_counter() - start
         return hits, layout, seconds, ids, past
 
     def answer(
@@ -303,13 +310,16 @@ class RAG:
         params: SamplingParams | None = None,
         *,
         gate: Gate | None = None,
+        recompute_ratio: float = 0.0,
         **overrides,
     ) -> Answer:
         """Retrieve ``k`` chunks and answer from them. Returns the text, the hits with scores, and timings.
         ``params`` and keyword overrides as ``GritModel.generate`` (``max_new_tokens`` defaults to 64 here).
-        ``gate``: the model's lock when it is shared (a server); held for retrieval, offered after each token."""
+        ``gate``: the model's lock when it is shared (a server); held for retrieval, offered after each token.
+        ``recompute_ratio``: the share of cached tokens recomputed across the joined spans (``grit.recompute``)."""
         params = sampling(params or SamplingParams(RAG_MAX_NEW_TOKENS), overrides)
-        hits, layout, seconds, ids, past = self._generate_args(question, k, cache, params.max_new_tokens, gate)
+        hits, layout, seconds, ids, past = self._generate_args(question, k, cache, params.max_new_tokens, gate,
+                                                               recompute_ratio)  # fmt: skip
         start = time.perf_counter()
         result = self.model.complete(ids, params, cache=past, gate=gate)
         seconds["generate"] = time.perf_counter() - start
@@ -326,11 +336,12 @@ class RAG:
         *,
         gate: Gate | None = None,
         cancel: threading.Event | None = None,
+        recompute_ratio: float = 0.0,
         **overrides,
     ) -> tuple[list, Stream]:
         """The hits, and the answer as a ``Stream`` (``.pieces`` as they are decoded, ``.result`` when they end)."""
         params = sampling(params or SamplingParams(RAG_MAX_NEW_TOKENS), overrides)
-        hits, _, _, ids, past = self._generate_args(question, k, cache, params.max_new_tokens, gate)
+        hits, _, _, ids, past = self._generate_args(question, k, cache, params.max_new_tokens, gate, recompute_ratio)
         return hits, self.model.stream(ids, params, cache=past, cancel=cancel, gate=gate)
 
     @classmethod

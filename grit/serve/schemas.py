@@ -176,6 +176,7 @@ class RagRequest(Strict):
     question: str
     k: int = Field(1, ge=1, le=20)
     cache: str | None = None
+    recompute_ratio: float = Field(0.0, ge=0, le=1)  # share of cached tokens recomputed across documents
     model: str | None = None
     max_tokens: int = Field(64, ge=1)
     temperature: float = Field(0.0, ge=0, le=2)

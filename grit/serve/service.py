@@ -314,7 +314,8 @@ async def rag_answer_route(server: Server, body: RagRequest, request: Request):
     if tokens > limit:
         raise bad_request(f"the question has {tokens} tokens; with max_tokens={body.max_tokens} the limit is {limit} "
                           "(half the context, the rest is for the documents)", "question")  # fmt: skip
-    sampling = {"temperature": body.temperature, "top_p": body.top_p, "stop": body.stop or [], "seed": body.seed}
+    sampling = {"temperature": body.temperature, "top_p": body.top_p, "stop": body.stop or [], "seed": body.seed,
+                "recompute_ratio": body.recompute_ratio}  # fmt: skip
     if body.stream:
         cancel = threading.Event()
         await server.admission.enter()

@@ -173,6 +173,14 @@ def test_cli_cache_then_ask(tiny_grit, index, tmp_path, capsys):
     assert code == 0 and "rank" in out and "score" in out
     with pytest.raises(SystemExit):  # argparse refuses an unknown mode with its usage message
         main(["rag", "ask", str(folder), "q", "--cache", "kv"])
+    code = main(["rag", "ask", str(folder), "What does json expose?", "-k", "2", "--max-new-tokens", "3",
+                 "--recompute-ratio", "0.5"])  # fmt: skip
+    assert code == 0
+    capsys.readouterr()
+    for bad in ("1.5", "half"):
+        with pytest.raises(SystemExit):
+            main(["rag", "ask", str(folder), "q", "--recompute-ratio", bad])
+        assert "--recompute-ratio: must be" in capsys.readouterr().err
 
 
 def test_index_add_and_delete_keep_the_caches_of_unchanged_documents(tiny_model_path, tiny_grit, tmp_path, capsys):

@@ -57,6 +57,30 @@ def test_rag_returns_k_documents_best_first(rag_url):
     assert body["cache"] == "doc"  # the server's default mode
 
 
+@pytest.mark.parametrize("ratio", [0.5, 1.0])
+def test_rag_recompute_ratio_is_honoured(rag_url, rag, ratio):
+    body = {"question": QUESTION, "k": 3, "cache": "doc", "max_tokens": 8, "recompute_ratio": ratio}
+    got = httpx.post(f"{rag_url}/v1/rag", json=body).json()
+    assert got["answer"] == rag.answer(QUESTION, 3, "doc", max_new_tokens=8, recompute_ratio=ratio).text
+
+
+def test_a_full_recompute_answers_as_one_fresh_pass_over_the_same_prompt(tiny_grit, rag):
+    from grit.generation import SamplingParams
+
+    _, layout, _ = rag.prepare(QUESTION, 3, "doc", 8)
+    fresh = tiny_grit.complete(tiny_grit.as_ids(layout.ids), SamplingParams(8))
+    assert rag.answer(QUESTION, 3, "doc", max_new_tokens=8, recompute_ratio=1.0).text == fresh.text
+    with pytest.raises(ValueError, match="recompute_ratio must be between 0 and 1"):
+        rag.answer(QUESTION, 3, "doc", max_new_tokens=8, recompute_ratio=2.0)
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.5, "half"])
+def test_rag_recompute_ratio_outside_0_to_1_is_400(rag_url, ratio):
+    body = {"question": QUESTION, "recompute_ratio": ratio}
+    error = assert_error_body(httpx.post(f"{rag_url}/v1/rag", json=body), 400, "invalid_request_error")
+    assert "recompute_ratio" in error["param"] or "recompute_ratio" in error["message"]
+
+
 def test_rag_unknown_cache_mode_is_400(rag_url):
     response = httpx.post(f"{rag_url}/v1/rag", json={"question": QUESTION, "cache": "kv"})
     assert "unknown cache mode" in assert_error_body(response, 400, "invalid_request_error")["message"]

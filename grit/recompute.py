@@ -1,0 +1,116 @@
+"""Selective recompute of joined span caches (CacheBlend's idea, Yao et al. 2025, written for grit).
+
+Cached spans joined side by side (``grit.kvcache.join_caches``) are exact in their first layer, whose keys and
+values see no other token, but from the second layer on each span's states never attended to the spans before it.
+A full prefill repairs that at the cost of the whole context. CacheBlend's observation: a small share of tokens
+carries most of the deviation, and recomputing those lets later layers attend across spans.
+
+``recompute_joined`` picks the ``ratio`` of context tokens whose keys at ``check_layer`` deviate most from a fresh
+causal computation (which costs ``check_layer + 1`` of the model's layers over the context), then runs those
+tokens alone through every layer: at each layer their new keys and values are written into the joined cache at
+their own positions, and they attend causally to all earlier tokens, cached or recomputed. ``ratio=0`` is the plain
+join, ``ratio=1`` recomputes every token: a full causal prefill.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import torch
+
+from grit.kvcache import SpanCache, join_caches
+from grit.transformers_compat import cache_argument
+
+
+def causal_mask(query_positions: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor:
+    """(1, 1, m, width) additive mask: the token at each of ``query_positions`` sees the positions up to its own."""
+    keys = torch.arange(width, device=query_positions.device)
+    allowed = keys[None, :] <= query_positions[:, None]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=query_positions.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+
+
+@torch.inference_mode()
+def fresh_keys(base_model: torch.nn.Module, ids: Sequence[int], layer: int) -> torch.Tensor:
+    """Keys (kv_heads, n, head_dim) of layer ``layer`` for ``ids`` computed causally from scratch, running only the
+    layers up to it."""
+    from transformers import DynamicCache
+
+    if not 0 <= layer < base_model.config.num_hidden_layers:
+        raise ValueError(f"check_layer must be in 0..{base_model.config.num_hidden_layers - 1}, got {layer}")
+    device = next(base_model.parameters()).device
+    where = torch.arange(len(ids), device=device)
+    hidden = base_model.embed_tokens(torch.tensor([list(ids)], device=device))
+    rotary = base_model.rotary_emb(hidden, where[None])
+    mask = causal_mask(where, len(ids), hidden.dtype)
+    cache = DynamicCache(config=base_model.config)
+    for decoder_layer in base_model.layers[: layer + 1]:
+        out = decoder_layer(hidden, attention_mask=mask, position_embeddings=rotary, position_ids=where[None],
+                            use_cache=True, **cache_argument(cache))  # fmt: skip
+        hidden = out[0] if isinstance(out, tuple) else out
+    return cache.layers[layer].keys[0]
+
+
+def deviating_tokens(fresh: torch.Tensor, cached: torch.Tensor, count: int) -> torch.Tensor:
+    """The ``count`` token positions (ascending) whose keys (kv_heads, n, head_dim) differ most, by the L2 norm of
+    the difference summed over heads."""
+    deviation = (fresh.float() - cached.float()).norm(dim=-1).sum(0)  # (n,)
+    return torch.topk(deviation, count).indices.sort().values
+
+
+@torch.inference_mode()
+def recompute_joined(
+    base_model: torch.nn.Module,
+    spans: Sequence[SpanCache],
+    ratio: float,
+    check_layer: int = 1,
+    reposition: bool = True,
+):
+    """``join_caches`` with the ``ratio`` of tokens that deviate most recomputed (module docstring). Returns the
+    cache (a transformers ``DynamicCache``, batch 1), the ids it stands for, and the recomputed positions."""
+    from transformers import DynamicCache
+
+    if not 0.0 <= ratio <= 1.0 or math.isnan(ratio):
+        raise ValueError(f"recompute_ratio must be between 0 and 1, got {ratio}")
+    cache, ids = join_caches(base_model, spans, reposition)
+    n = len(ids)
+    count = min(n, math.ceil(ratio * n))
+    device = next(base_model.parameters()).device
+    if count == 0:
+        return cache, ids, torch.zeros(0, dtype=torch.long, device=device)
+    if count == n:
+        chosen = torch.arange(n, device=device)
+    else:
+        chosen = deviating_tokens(fresh_keys(base_model, ids, check_layer), cache.layers[check_layer].keys[0], count)
+    layers = [(layer.keys, layer.values) for layer in cache.layers]
+    writer = overwriting_cache_class()(layers, base_model.config, chosen)
+    tokens = torch.tensor([ids], device=device)[:, chosen]
+    base_model(input_ids=tokens, attention_mask=causal_mask(chosen, n, layers[0][0].dtype),
+               position_ids=chosen[None], use_cache=True, **cache_argument(writer))  # fmt: skip
+    joined = DynamicCache([(layer.keys, layer.values) for layer in writer.layers], config=base_model.config)
+    return joined, ids, chosen
+
+
+@functools.cache
+def overwriting_cache_class():
+    """``OverwritingCache``, defined on first use so that importing grit does not import transformers."""
+    from transformers import DynamicCache
+
+    class OverwritingCache(DynamicCache):
+        """A DynamicCache whose ``update`` writes the new keys and values at ``positions`` of the cache it holds
+        (and returns the whole layer) instead of appending them: how recomputed tokens replace their cached
+        states."""
+
+        def __init__(self, layers, config, positions: torch.Tensor):
+            super().__init__(layers, config=config)
+            self.positions = positions
+
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            layer = self.layers[layer_idx]
+            layer.keys[:, :, self.positions] = key_states.to(layer.keys.dtype)
+            layer.values[:, :, self.positions] = value_states.to(layer.values.dtype)
+            return layer.keys, layer.values
+
+    return OverwritingCache

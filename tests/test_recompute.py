@@ -1,0 +1,93 @@
+"""Selective recompute of joined span caches: ratio 1 is a full prefill, ratio 0 the plain join, and in between
+the chosen tokens get exactly the states a full prefill gives them in the layers that can be checked."""
+
+import pytest
+import torch
+
+from grit.kvcache import compute_cache, join_caches, logits_on_cache
+from grit.recompute import deviating_tokens, fresh_keys, recompute_joined
+from grit.transformers_compat import cache_argument, returned_cache
+
+TEXTS = [
+    "The json module exposes an API familiar to users of marshal.",
+    "The logging module defines functions and classes for event logging.",
+    "The argparse module makes it easy to write command-line interfaces.",
+]
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_grit):
+    docs = [tiny_grit.embedding_ids(t) for t in TEXTS]
+    tail = tiny_grit.chat_ids([{"role": "user", "content": "Which module logs events?"}], before="\n")
+    ids = [t for d in docs for t in d]
+    with torch.inference_mode():
+        full = tiny_grit.lm(input_ids=torch.tensor([ids + tail])).logits[0, len(ids) :]
+        prefill = returned_cache(tiny_grit.lm.base_model(input_ids=torch.tensor([ids]), use_cache=True))
+    return docs, tail, ids, full, prefill
+
+
+def tail_logits(lm, cache, start: int, tail: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        out = lm(input_ids=torch.tensor([tail]), position_ids=torch.arange(start, start + len(tail))[None],
+                 use_cache=True, **cache_argument(cache))  # fmt: skip
+    return out.logits[0]
+
+
+def kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
+    p, q = torch.log_softmax(p_logits, -1), torch.log_softmax(q_logits, -1)
+    return (p.exp() * (p - q)).sum(-1).mean().item()
+
+
+@pytest.mark.parametrize("source", ["bidirectional", "causal"])
+def test_recomputing_every_token_is_a_full_prefill(tiny_grit, parts, source):
+    docs, tail, ids, full, _ = parts
+    spans = [compute_cache(tiny_grit.lm.base_model, d, source) for d in docs]
+    cache, joined_ids, chosen = recompute_joined(tiny_grit.lm.base_model, spans, 1.0)
+    assert joined_ids == ids and chosen.tolist() == list(range(len(ids)))
+    assert (tail_logits(tiny_grit.lm, cache, len(ids), tail) - full).abs().max().item() < 1e-4
+
+
+def test_recomputing_nothing_is_the_plain_join(tiny_grit, parts):
+    docs, tail, ids, _, _ = parts
+    spans = [compute_cache(tiny_grit.lm.base_model, d, "bidirectional") for d in docs]
+    cache, _, chosen = recompute_joined(tiny_grit.lm.base_model, spans, 0.0)
+    assert len(chosen) == 0
+    joined = logits_on_cache(tiny_grit.lm, spans, tail)
+    torch.testing.assert_close(tail_logits(tiny_grit.lm, cache, len(ids), tail), joined)
+
+
+def test_the_most_deviating_tokens_get_the_full_prefills_states(tiny_grit, parts):
+    docs, tail, ids, full, prefill = parts
+    base = tiny_grit.lm.base_model
+    spans = [compute_cache(base, d, "bidirectional") for d in docs]
+    plain, _ = join_caches(base, spans)
+    fresh = fresh_keys(base, ids, 1)
+    torch.testing.assert_close(fresh, prefill.layers[1].keys[0], atol=1e-5, rtol=1e-5)  # layers up to 1 only
+    cache, _, chosen = recompute_joined(base, spans, 0.3, check_layer=1)
+    assert len(chosen) == -(-3 * len(ids) // 10)  # ceil(0.3 n)
+    assert chosen.tolist() == deviating_tokens(fresh, plain.layers[1].keys[0], len(chosen)).tolist()
+    kept = torch.ones(len(ids), dtype=torch.bool)
+    kept[chosen] = False
+    # Layer 1's inputs are exact for every token (layer 0 sees no other span), so the chosen tokens' layer-1 keys
+    # are the full prefill's; the others keep their joined states.
+    torch.testing.assert_close(cache.layers[1].keys[0][:, chosen], prefill.layers[1].keys[0][:, chosen],
+                               atol=1e-5, rtol=1e-5)  # fmt: skip
+    torch.testing.assert_close(cache.layers[1].keys[0][:, kept], plain.layers[1].keys[0][:, kept])
+    # Closer to the full prefill than the plain join, and more so with more recomputed.
+    plain_kl = kl(full, logits_on_cache(tiny_grit.lm, spans, tail))
+    some = kl(full, tail_logits(tiny_grit.lm, cache, len(ids), tail))
+    more = kl(full, tail_logits(tiny_grit.lm, recompute_joined(base, spans, 0.6)[0], len(ids), tail))
+    assert more < some < plain_kl
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.5, float("nan")])
+def test_a_ratio_outside_0_to_1_is_refused(tiny_grit, ratio):
+    span = compute_cache(tiny_grit.lm.base_model, [5, 6, 7], "causal")
+    with pytest.raises(ValueError, match="recompute_ratio must be between 0 and 1"):
+        recompute_joined(tiny_grit.lm.base_model, [span], ratio)
+
+
+def test_a_check_layer_outside_the_model_is_refused(tiny_grit):
+    span = compute_cache(tiny_grit.lm.base_model, [5, 6, 7], "causal")
+    with pytest.raises(ValueError, match="check_layer must be in 0..1"):
+        recompute_joined(tiny_grit.lm.base_model, [span, span], 0.5, check_layer=2)
