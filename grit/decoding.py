@@ -43,7 +43,7 @@ import torch
 
 from grit.generation import Gate, SamplingParams, StopOnText, generation_config, prefill, token_set
 from grit.hardware import decode_threads, torch_threads
-from grit.transformers_compat import cache_argument
+from grit.transformers_compat import cache_argument, crop_cache
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ class ContinuousDecoder:
             cache = DynamicCache(config=self.lm.config)
         done = cache.get_seq_length()
         if done >= ids.shape[1]:  # everything cached: run the last token again for its logits
-            cache.crop(ids.shape[1] - 1)
+            crop_cache(cache, ids.shape[1] - 1)
             done = ids.shape[1] - 1
         positions = torch.arange(done, ids.shape[1], device=ids.device)[None]
         out = self.lm(input_ids=ids[:, done:], position_ids=positions, use_cache=True, logits_to_keep=1,

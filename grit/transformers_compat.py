@@ -21,3 +21,11 @@ def cache_argument(cache) -> dict:
 def returned_cache(outputs):
     """The Cache a forward with ``use_cache=True`` returned."""
     return getattr(outputs, CACHE_ARGUMENT)
+
+
+def crop_cache(cache, length: int) -> None:
+    """Cut a DynamicCache back to its first ``length`` tokens. ``crop`` took the length to keep up to 5.23; from
+    5.24 a positive argument raises and a negative one counts the tokens to remove, which every release reads."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)

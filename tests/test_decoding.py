@@ -125,6 +125,16 @@ def test_decoding_on_top_of_a_cache_of_the_first_tokens(tiny_grit, decoder):
     assert finish(tiny_grit.tokenizer, ids, got, params).text == expected == alone(tiny_grit, ids, params)
 
 
+def test_decoding_when_the_cache_holds_the_whole_prompt(tiny_grit, decoder):
+    """A cache of every prompt token (a prompt that is all cached spans): the last token runs again for its
+    logits, after the cache is cut back by one (transformers 5.24 changed what ``crop`` takes)."""
+    ids = tiny_grit.prompt_ids(PROMPTS[1], 12)
+    params = SamplingParams(12)
+    whole = tiny_grit.joined_cache([tiny_grit.span_cache(ids[0].tolist(), "causal")])
+    got = decoder.generate(ids, params, past_key_values=whole)
+    assert finish(tiny_grit.tokenizer, ids, got, params).text == alone(tiny_grit, ids, params)
+
+
 def test_streaming_and_complete_many_through_the_decoder(tiny_grit, decoder):
     params = SamplingParams(12, temperature=0.8, seed=4)
     ids = tiny_grit.prompt_ids(PROMPTS[0], 12)
