@@ -49,6 +49,18 @@ class QaExample:
     answers: tuple[str, ...]
     passage: str
     title: str = ""
+    paragraphs: tuple[str, ...] = ()  # multi-document rows: the paragraphs to index (distractors included)
+    supporting: tuple[str, ...] = ()  # multi-document rows: the paragraphs the answer needs
+
+    @property
+    def documents(self) -> tuple[str, ...]:
+        """What this row puts in a corpus: its paragraphs, or its one passage."""
+        return self.paragraphs or (self.passage,)
+
+    @property
+    def gold(self) -> tuple[str, ...]:
+        """The documents retrieval should find: the supporting paragraphs, or the passage."""
+        return self.supporting or (self.passage,)
 
 
 @dataclass(frozen=True)
@@ -126,18 +138,37 @@ def read_classification(path: str | os.PathLike) -> list[LabeledText]:
 
 def read_rag(path: str | os.PathLike, heldout_only: bool = False) -> list[QaExample]:
     """Questions with the passage that answers them and one or more gold answers (``heldout_only``: only the rows
-    ``grit.splits`` keeps out of training)."""
-    rows = [
-        QaExample(
+    ``grit.splits`` keeps out of training). Multi-document rows (HotpotQA) also have ``passages`` (paragraphs,
+    distractors among them) and ``supporting`` (the indices of those the answer needs)."""
+    rows = []
+    for n, r in read_jsonl(path):
+        paragraphs = paragraph_texts(r, path, n) if "passages" in r else ()
+        supporting = ()
+        if paragraphs:
+            picks = field(r, "supporting", list, path, n)
+            if not picks or not all(type(i) is int and 0 <= i < len(paragraphs) for i in picks):
+                raise DataFormatError(path, n, f"field 'supporting' must list indices of its {len(paragraphs)} "
+                                               f"passages, got {picks!r:.80}")  # fmt: skip
+            supporting = tuple(paragraphs[i] for i in picks)
+        rows.append(QaExample(
             str(field(r, "id", (str, int), path, n)),
             field(r, "question", str, path, n),
             string_list(r, "answers", path, n),
             field(r, "passage", str, path, n),
             field(r, "title", str, path, n, nonempty=False) if "title" in r else "",
-        )
-        for n, r in read_jsonl(path)
-    ]
+            paragraphs,
+            supporting,
+        ))  # fmt: skip
     return held_out_examples(rows) if heldout_only else rows
+
+
+def paragraph_texts(row: dict[str, Any], path, line: int) -> tuple[str, ...]:
+    """A multi-document row's ``passages``: strings, or ``{"title", "text"}`` objects (HotpotQA), as their texts."""
+    items = field(row, "passages", list, path, line)
+    texts = [p.get("text") if isinstance(p, dict) else p for p in items]
+    if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+        raise DataFormatError(path, line, "field 'passages' must list non-empty strings or {title, text} objects")
+    return tuple(texts)
 
 
 def held_out_examples(rows: list[QaExample]) -> list[QaExample]:

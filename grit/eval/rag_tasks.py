@@ -1,7 +1,8 @@
 """RAG task: retrieve passages with the model's own embeddings, answer from them in every cache mode.
 
-    RagQATask   a QA set whose passages form the corpus; retrieval recall@k of the gold passage, then answer EM /
-                token F1 per cache mode and cache source, agreement with the uncached answer, seconds per answer
+    RagQATask   a QA set whose passages form the corpus; retrieval recall@k of the gold passage (of the supporting
+                paragraphs, for multi-document sets: HotpotQA), then answer EM / token F1 per cache mode and cache
+                source, agreement with the uncached answer, seconds per answer
 
 This is where the paper's caching trade-off is measured on answers rather than latency: ``none`` computes everything
 fresh; the other modes reuse key/value states, from a causal pass (exact for the same tokens, so differences come
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 REPLY = " Reply with the answer only: the shortest span of the context that answers it."
 
 
+def recall(wanted: list[str], got: list[str]) -> float:
+    return sum(w in got for w in wanted) / len(wanted)
+
+
 def qa_format() -> RagFormat:
     """GritLM's RAG prompts, each asking for an extractive answer (so exact match means something)."""
     base = RagFormat()
@@ -44,13 +49,15 @@ def qa_format() -> RagFormat:
 
 
 def corpus(rows: list[data.QaExample], everything: list[data.QaExample], size: int | None) -> list[Document]:
-    """The distinct passages of ``rows`` (the gold ones), then other passages of the file in order, up to ``size``
-    documents in all (distractors make retrieval a real choice). Ids are ``p<n>`` in order of first appearance."""
+    """The distinct documents of ``rows`` (their passage, or all their paragraphs: the gold ones and each row's own
+    distractors), then other rows' documents of the file in order, up to ``size`` documents in all (distractors make
+    retrieval a real choice). Ids are ``p<n>`` in order of first appearance."""
     seen: dict[str, Document] = {}
 
     def add(ex: data.QaExample) -> None:
-        if ex.passage not in seen:
-            seen[ex.passage] = Document(f"p{len(seen)}", ex.passage, ex.title)
+        for text in ex.documents:
+            if text not in seen:
+                seen[text] = Document(f"p{len(seen)}", text, ex.title if len(ex.documents) == 1 else "")
 
     for ex in rows:
         add(ex)
@@ -106,9 +113,10 @@ class RagQATask:
         values: dict[str, float] = {}
 
         ranked = index.search([r.question for r in rows], k=max(self.recall_at), per_document=True)
-        for at in self.recall_at:
-            found = [gold[r.passage] in [h.doc_id for h in hits[:at]] for r, hits in zip(rows, ranked, strict=True)]
-            values[f"recall@{at}"] = mean([float(f) for f in found])
+        for at in self.recall_at:  # the share of a question's gold documents in its top `at` (one, or several)
+            found = [recall([gold[t] for t in r.gold], [h.doc_id for h in hits[:at]])
+                     for r, hits in zip(rows, ranked, strict=True)]  # fmt: skip
+            values[f"recall@{at}"] = mean(found)
 
         fmt = qa_format()
         reference: list[str] | None = None  # the `none` answers

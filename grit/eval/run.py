@@ -107,6 +107,7 @@ QUICK: dict[str, dict[str, int]] = {
     "p3-instructions": {"limit": 10},
     "self-instruct": {"limit": 10},
     "adversarialqa-rag": {"limit": 5, "corpus_size": 50},
+    "hotpotqa-rag": {"limit": 3, "corpus_size": 50, "modes": ("none", "doc")},
 }
 
 
@@ -114,7 +115,18 @@ def rag_tasks(data: Path) -> list[Task]:
     """Retrieve-then-answer with every cache mode (``grit.eval.rag_tasks``). Nine greedy answers per question (none,
     and four cached modes from each of two cache sources), so the full suite asks 100 of the 138 held-out questions.
     """
-    return [RagQATask("adversarialqa-rag", data / "rag" / "adversarialqa.jsonl", limit=100, heldout_only=True)]
+    return [
+        RagQATask("adversarialqa-rag", data / "rag" / "adversarialqa.jsonl", limit=100, heldout_only=True),
+        # Multi-hop: two supporting paragraphs among each question's ten, answered from the top 2 (issue 22).
+        RagQATask(
+            "hotpotqa-rag",
+            data / "rag" / "hotpotqa_multidoc.jsonl",
+            limit=70,
+            heldout_only=True,
+            k=2,
+            recall_at=(2, 5, 10),
+        ),  # fmt: skip
+    ]
 
 
 # The suite results/baseline.md is made with: every embedding task at full size except the MS MARCO corpus (the
@@ -127,6 +139,7 @@ STANDARD: dict[str, dict[str, int]] = {
     "adversarialqa": {"limit": 100},
     "p3-instructions": {"limit": 100},
     "adversarialqa-rag": {"limit": 30, "corpus_size": 200},
+    "hotpotqa-rag": {"limit": 30, "corpus_size": 300},
 }
 
 
@@ -140,6 +153,7 @@ COMPARE: dict[str, dict[str, Any]] = {
     "sst2": {"limit": 1000},
     **{name: STANDARD[name] for name in ("gsm8k-ppl", "adversarialqa", "p3-instructions")},
     "adversarialqa-rag": {"limit": 50, "corpus_size": 200, "modes": ("none", "doc")},
+    "hotpotqa-rag": {"limit": 30, "corpus_size": 300, "modes": ("none", "doc")},
 }
 
 

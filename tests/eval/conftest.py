@@ -85,5 +85,9 @@ def eval_data(shared_data, tmp_path_factory) -> Path:
     questions = [r for r in rag if is_held_out(r)][:4]
     distractors = [r for r in rag if not is_held_out(r)][:2]
     write_rows(root / "rag" / "adversarialqa.jsonl", questions + distractors)
+    hotpot = sorted(read_rows(SHARED_DATA / "rag" / "hotpotqa_multidoc.jsonl"), key=lambda r: len(r["passage"]))
+    short = [dict(r, passages=[dict(p, text=p["text"][:300]) for p in r["passages"][:4]])
+             for r in hotpot if is_held_out(r) and all(i < 4 for i in r["supporting"])][:3]  # fmt: skip
+    write_rows(root / "rag" / "hotpotqa_multidoc.jsonl", short)
     shutil.copy(SHARED_DATA / "MANIFEST.md", root / "MANIFEST.md")
     return root

@@ -167,7 +167,7 @@ def test_quick_suite_runs_every_task_and_writes_results(tiny_grit, eval_data, tm
     tasks = build_suite("quick", eval_data, limit=2)
     assert [t.name for t in tasks] == [
         "stsb", "cranfield", "msmarco-dl19-5k", "banking77", "sst2", "gsm8k-ppl", "adversarialqa", "p3-instructions",
-        "self-instruct", "adversarialqa-rag",
+        "self-instruct", "adversarialqa-rag", "hotpotqa-rag",
     ]  # fmt: skip
     assert all(t.limit == 2 for t in tasks)
     for t in tasks:  # keep the generative tasks short: this test checks wiring, not quality
@@ -239,7 +239,7 @@ def test_suite_generative_tasks_score_only_held_out_rows(shared_data):
 
     for suite in ("quick", "compare", "standard", "full"):
         tasks = {t.name: t for t in build_suite(suite, shared_data)}
-        for name in ("gsm8k-ppl", "adversarialqa", "p3-instructions", "adversarialqa-rag"):
+        for name in ("gsm8k-ppl", "adversarialqa", "p3-instructions", "adversarialqa-rag", "hotpotqa-rag"):
             assert tasks[name].heldout_only, (suite, name)
     compare = {t.name: t for t in build_suite("compare", shared_data)}
     assert compare["adversarialqa-rag"].modes == ("none", "doc") and compare["stsb"].limit is None

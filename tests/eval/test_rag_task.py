@@ -44,6 +44,28 @@ def test_retrieval_finds_a_planted_passage(tiny_grit, tmp_path):
     assert task.evaluate(tiny_grit).metrics["recall@1"] == 1.0
 
 
+def test_multi_document_rows_index_every_paragraph_and_recall_counts_each_supporting_one(tiny_grit, tmp_path):
+    # Each question is its second supporting paragraph word for word: even a random model's embedding ranks that one
+    # first, so recall@1 is exactly one of two supporting paragraphs.
+    paragraphs = [["the cat sat on the mat", "cats like warm mats", "stock prices fell"],
+                  ["rain is expected tomorrow", "umbrellas sell well in rain", "the match was a draw"]]  # fmt: skip
+    rows = [{"id": f"h{i}", "question": ps[1], "answers": ["x"], "passage": " ".join(ps[:2]), "passages": ps,
+             "supporting": [0, 1]} for i, ps in enumerate(paragraphs)]  # fmt: skip
+    path = tmp_path / "hotpot.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    read = data.read_rag(path)
+    assert read[0].documents == tuple(paragraphs[0]) and read[0].gold == tuple(paragraphs[0][:2])
+    task = RagQATask("hotpot", path, k=2, modes=("none", "doc"), cache_sources=("causal",), max_new_tokens=2,
+                     recall_at=(1, 6))  # fmt: skip
+    scores = task.evaluate(tiny_grit)
+    assert scores.details["corpus"] == 6  # every paragraph of every row, not the joined passage
+    assert scores.metrics["recall@1"] == 0.5 and scores.metrics["recall@6"] == 1.0
+    bad = dict(rows[0], supporting=[5])
+    path.write_text(json.dumps(bad) + "\n")
+    with pytest.raises(data.DataFormatError, match="hotpot.jsonl:1.*supporting.*indices of its 3 passages"):
+        data.read_rag(path)
+
+
 def test_settings_are_checked_and_only_grit_models_take_part(tiny_grit, tmp_path):
     with pytest.raises(ValueError, match="unknown cache modes"):
         RagQATask("rag", tmp_path, modes=("none", "everything"))
