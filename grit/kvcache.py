@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 
 from grit.attention import bidirectional_mask, positions
-from grit.packing import allowed_attention
+from grit.packing import additive_mask, allowed_attention
 from grit.transformers_compat import cache_argument, returned_cache
 
 CacheAttention = Literal["bidirectional", "causal"]
@@ -178,7 +178,7 @@ def reference_logits(
     n, start = len(ids), len(ids) - len(suffix)
     allowed = block_attention([len(b) for b in blocks], len(suffix), attention)
     device, dtype = next(lm.parameters()).device, lm.dtype
-    mask = torch.zeros(1, 1, n, n, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min).to(device)
+    mask = additive_mask(allowed, dtype)[None, None].to(device)
     out = lm(input_ids=torch.tensor([ids], device=device), attention_mask=mask,
              position_ids=torch.arange(n, device=device)[None])  # fmt: skip
     return out.logits[0, start:]

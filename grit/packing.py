@@ -110,11 +110,12 @@ def segment_mask(
     segments: torch.Tensor, causal: bool, dtype: torch.dtype, blocks: torch.Tensor | None = None
 ) -> torch.Tensor:
     """(R, W) segment numbers → (R, 1, W, W) additive mask from ``allowed_attention``."""
-    allowed = allowed_attention(segments, causal, blocks)
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=segments.device).masked_fill(
-        ~allowed, torch.finfo(dtype).min
-    )
-    return mask[:, None]
+    return additive_mask(allowed_attention(segments, causal, blocks), dtype)[:, None]
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool "may attend" tensor as the additive mask attention takes: 0 where allowed, the dtype's minimum else."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 def allowed_attention(segments: torch.Tensor, causal: bool, blocks: torch.Tensor | None = None) -> torch.Tensor:

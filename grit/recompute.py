@@ -21,15 +21,19 @@ from collections.abc import Sequence
 import torch
 
 from grit.kvcache import SpanCache, join_caches
+from grit.packing import additive_mask
 from grit.transformers_compat import cache_argument
 
 
 def causal_mask(query_positions: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor:
     """(1, 1, m, width) additive mask: the token at each of ``query_positions`` sees the positions up to its own."""
     keys = torch.arange(width, device=query_positions.device)
-    allowed = keys[None, :] <= query_positions[:, None]
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=query_positions.device)
-    return mask.masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+    return additive_mask(keys[None, :] <= query_positions[:, None], dtype)[None, None]
+
+
+def check_recompute_ratio(ratio: float) -> None:
+    if not 0.0 <= ratio <= 1.0:  # NaN fails this too
+        raise ValueError(f"recompute_ratio must be between 0 and 1, got {ratio}")
 
 
 @torch.inference_mode()
@@ -72,8 +76,7 @@ def recompute_joined(
     cache (a transformers ``DynamicCache``, batch 1), the ids it stands for, and the recomputed positions."""
     from transformers import DynamicCache
 
-    if not 0.0 <= ratio <= 1.0 or math.isnan(ratio):
-        raise ValueError(f"recompute_ratio must be between 0 and 1, got {ratio}")
+    check_recompute_ratio(ratio)
     cache, ids = join_caches(base_model, spans, reposition)
     n = len(ids)
     count = min(n, math.ceil(ratio * n))

@@ -44,6 +44,7 @@ from grit.kvcache import CacheAttention, SpanCache
 from grit.model import GritModel, sampling
 from grit.rag.kvstore import CacheKey, KVStore, store_folder
 from grit.rag.modes import CACHE_MODES, CacheMode, RagFormat
+from grit.recompute import check_recompute_ratio
 from grit.text import check_text
 
 log = logging.getLogger(__name__)
@@ -290,8 +291,7 @@ class RAG:
                        recompute_ratio: float = 0.0):  # fmt: skip
         """Hits, layout and timings of ``prepare``, with the prompt ids (1, T) and the joined cache (or None) that
         generation starts from; under ``gate`` when the model is shared."""
-        if not 0.0 <= recompute_ratio <= 1.0:  # also NaN
-            raise ValueError(f"recompute_ratio must be between 0 and 1, got {recompute_ratio}")
+        check_recompute_ratio(recompute_ratio)  # before retrieval: refused in every cache mode, not only cached ones
         with gate.hold() if gate is not None else nullcontext():
             hits, layout, seconds = self.prepare(question, k, cache, max_new_tokens)
             ids = self.model.as_ids(layout.ids)
