@@ -31,6 +31,7 @@ WHOLE_FILE_BYTES = 32 << 20  # files up to this size are hashed whole (adapters,
 SAMPLES, SAMPLE_BYTES, END_BYTES = 64, 64 << 10, 1 << 20
 TRAIN_CONFIG = "train_config.json"  # written by grit train into final/ and adapter/
 SAVED_CONFIG = "grit_config.json"  # written by GritModel.save_pretrained
+TRAINING_RECORD = "grit_training.json"  # written by grit train beside train_config.json: what the run trained on
 IDENTITY_FILES = (
     "config.json",
     "generation_config.json",
@@ -85,6 +86,9 @@ class SavedSettings:
     truncate_dim: int | None = None
     similarity_fn_name: str | None = None
     trained: bool = False  # from grit train's train_config.json (then ``base`` names the adapter's base)
+    # The document caches RAG reads by default: "bidirectional" once the model was trained to read the embedding
+    # pass's own states (cache-aware RAG rows, grit_training.json), else None (RAG's exact causal default)
+    rag_cache_source: Literal["bidirectional", "causal"] | None = None
 
     @classmethod
     def read(cls, folder: Path) -> SavedSettings | None:
@@ -95,20 +99,52 @@ class SavedSettings:
             path = folder / name
             if not path.is_file():
                 continue
-            try:
-                values = json.loads(path.read_text())
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from None
-            if not isinstance(values, dict):
-                raise ValueError(f"{str(path)!r} does not hold grit's settings (a JSON object)")
+            values = read_object(path)
             attention = values.get("attention", "bidirectional")
             if attention not in ("bidirectional", "causal"):
                 raise ValueError(f"{str(path)!r}: attention must be 'bidirectional' or 'causal', got {attention!r}")
             if trained:
-                return cls(values.get("model"), values.get("pooling", "mean"), attention, trained=True)
+                source = trained_cache_source(folder / TRAINING_RECORD)
+                return cls(values.get("model"), values.get("pooling", "mean"), attention, trained=True,
+                           rag_cache_source=source)  # fmt: skip
+            source = values.get("rag_cache_source")
+            if source not in (None, "bidirectional", "causal"):
+                raise ValueError(
+                    f"{str(path)!r}: rag_cache_source must be 'bidirectional' or 'causal', got {source!r}"
+                )
             fields = ("pooling", "format", "prompts", "truncate_dim", "similarity_fn_name")
-            return cls(attention=attention, **{k: values.get(k) for k in fields})
+            return cls(attention=attention, rag_cache_source=source, **{k: values.get(k) for k in fields})
         return None
+
+
+def read_object(path: Path) -> dict[str, Any]:
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{str(path)!r} does not hold grit's settings (a JSON object)")
+    return values
+
+
+def training_record(examples: dict[str, int], rag_cache_attention: str) -> dict[str, Any]:
+    """What ``grit train`` records of a run's data in ``grit_training.json``: examples of each kind it read, and,
+    when it trained on cache-aware RAG rows, which document caches it taught the model to read."""
+    cached = examples.get("cached_rag", 0) > 0
+    return {"examples": examples, "rag_cache_attention": rag_cache_attention if cached else None}
+
+
+def trained_cache_source(path: Path) -> Literal["bidirectional", "causal"] | None:
+    """The cache source a training record makes RAG's default: "bidirectional" when the model learnt to read the
+    embedding pass's states (cache-aware rows, bidirectional or mixed), "causal" for causal rows only."""
+    if not path.is_file():
+        return None
+    attention = read_object(path).get("rag_cache_attention")
+    if attention not in (None, "bidirectional", "causal", "mixed"):
+        raise ValueError(
+            f"{str(path)!r}: rag_cache_attention must be bidirectional, causal or mixed, got {attention!r}"
+        )
+    return None if attention is None else "causal" if attention == "causal" else "bidirectional"
 
 
 @dataclass(frozen=True)

@@ -100,9 +100,14 @@ class GritModel:
     prompts: dict[str, str] = field(default_factory=lambda: {"query": DEFAULT_QUERY_INSTRUCTION, "document": ""})
     truncate_dim: int | None = None  # keep the first d dimensions of every vector (Matryoshka), renormalized
     similarity_fn_name: SimilarityFn = "cosine"  # what ``similarity`` computes
+    # The document caches RAG reads unless told otherwise: "bidirectional" (the index's own embedding pass, free)
+    # for a model trained to read them (its folder records so, grit.identity), else "causal" (one more pass, exact)
+    rag_cache_source: CacheAttention = "causal"
 
     def __post_init__(self) -> None:
         check_pooling(self.pooling)
+        if self.rag_cache_source not in ("bidirectional", "causal"):
+            raise ValueError(f"rag_cache_source must be 'bidirectional' or 'causal', got {self.rag_cache_source!r}")
         if self.similarity_fn_name not in SIMILARITY_FNS:
             raise ValueError(f"similarity_fn_name must be one of {', '.join(SIMILARITY_FNS)}, got "
                              f"{self.similarity_fn_name!r}")  # fmt: skip
@@ -188,7 +193,8 @@ class GritModel:
         return cls(lm, tokenizer, folder, format, pooling, bidirectional, identity, placement,
                    **({"prompts": dict(named)} if named is not None else {}),
                    truncate_dim=truncate_dim if truncate_dim is not None else saved.truncate_dim,
-                   similarity_fn_name=saved.similarity_fn_name or "cosine")  # fmt: skip
+                   similarity_fn_name=saved.similarity_fn_name or "cosine",
+                   rag_cache_source=saved.rag_cache_source or "causal")  # fmt: skip
 
     # --- facts -------------------------------------------------------------------------------------------------
 
@@ -349,7 +355,8 @@ class GritModel:
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write a folder ``GritModel.load`` opens with this model's behaviour: the weights (adapters merged, in the
         model's dtype), the tokenizer, and grit's embedding settings (``grit_config.json``: pooling, attention,
-        prompt format, prompts, truncation, similarity function). Written whole or not at all."""
+        prompt format, prompts, truncation, similarity function, RAG's cache source). Written whole or not at
+        all."""
         target = Path(folder).expanduser()
         if target.exists() and any(target.iterdir()) and not (target / "config.json").is_file():
             raise FileExistsError(f"{target} exists and holds no model; refusing to write a model over it")
@@ -360,6 +367,7 @@ class GritModel:
             "prompts": self.prompts,
             "truncate_dim": self.truncate_dim,
             "similarity_fn_name": self.similarity_fn_name,
+            "rag_cache_source": self.rag_cache_source,
         }
 
         def fill(tmp: Path) -> None:

@@ -102,7 +102,7 @@ def demo_rag(model) -> None:
     from grit.rag import RAG, Document, Index
 
     index = Index.build([Document(i, t, "") for i, t in DEMO_DOCS.items()], model)
-    rag = RAG(model, index, cache_source="causal")
+    rag = RAG(model, index)  # the model's own cache source: its free embedding caches once trained cache-aware
     question = "How many parameters does SmolLM2-135M-Instruct have?"
     result = rag.answer(question, k=1, cache="doc", max_new_tokens=48)
     hit = result.hits[0]

@@ -171,8 +171,10 @@ def add_rag_commands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("question")
     p.add_argument("-k", type=int, default=1, help="documents (chunks) to answer from")
     p.add_argument("--cache", choices=CACHE_MODES, default="doc", help="which spans come from KV caches")
-    source_help = "causal: exact; bidirectional: the embedding pass's states (free, needs a GRIT-trained model)"
-    p.add_argument("--cache-source", choices=sources, default="causal", help=source_help)
+    source_help = ("causal: exact, one more pass per document; bidirectional: the embedding pass's states (free, "
+                   "needs a model trained to read them); default: what the model records (bidirectional once "
+                   "trained cache-aware, else causal)")  # fmt: skip
+    p.add_argument("--cache-source", choices=sources, default=None, help=source_help)
     p.add_argument("--recompute-ratio", type=fraction, default=0.0,
                    help="share of the cached tokens recomputed across documents, those that deviate most "
                         "(CacheBlend): 0 joins the caches as they are, 1 is a full prefill")  # fmt: skip
@@ -182,7 +184,7 @@ def add_rag_commands(subparsers) -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_ask)
     p = sub.add_parser("cache", help="compute the KV cache of every chunk ahead of questions")
     p.add_argument("index", type=Path)
-    p.add_argument("--cache-source", choices=sources, default="causal")
+    p.add_argument("--cache-source", choices=sources, default=None, help=source_help)
     add_model_options(p, "default: the index's model")
     p.set_defaults(handler=cmd_cache)
     return parser

@@ -35,8 +35,8 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
                               description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     add_model_options(p, MODEL_HELP + "; with --index, default: the index's model")
     p.add_argument("--index", type=Path, help="an index folder from `grit index build`: adds POST /v1/rag")
-    p.add_argument("--cache-source", choices=CACHE_SOURCES, default="causal",
-                   help="RAG document caches (see `grit rag ask --help`)")  # fmt: skip
+    p.add_argument("--cache-source", choices=CACHE_SOURCES, default=None,
+                   help="RAG document caches (see `grit rag ask --help`); default: the model's")  # fmt: skip
     p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` (visible in `ps`: prefer "
                    "$GRIT_API_KEY or --api-key-file)")  # fmt: skip
     p.add_argument("--api-key-file", type=Path, help="read the API key from the first line of this file")

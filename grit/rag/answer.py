@@ -98,8 +98,9 @@ class RAG:
         index: a ``grit.rag.index.Index``.
         kv_store: where document caches live; default: in memory only (``KVStore`` in a temporary folder is
             created by ``RAG.for_index_folder`` next to a saved index).
-        cache_source: "causal" (exact; the default) or "bidirectional" (free, GritLM: needs a GRIT-trained model;
-            on the untrained default model it derails generation, see the module docstring).
+        cache_source: "causal" (exact) or "bidirectional" (free, GritLM: the index's own embedding pass; needs a
+            model trained to read those states, else it derails generation, see the module docstring); None (the
+            default): ``model.rag_cache_source``, which is "bidirectional" for a model trained cache-aware.
         reposition: re-rotate joined caches to their positions (False reproduces GritLM's plain concatenation).
     """
 
@@ -110,9 +111,10 @@ class RAG:
         kv_store: KVStore | None = None,
         *,
         fmt: RagFormat | None = None,
-        cache_source: CacheAttention = "causal",
+        cache_source: CacheAttention | None = None,
         reposition: bool = True,
     ):
+        cache_source = model.rag_cache_source if cache_source is None else cache_source
         if cache_source not in ("bidirectional", "causal"):
             raise ValueError(f"cache_source must be 'bidirectional' or 'causal', got {cache_source!r}")
         self.model = model
@@ -345,9 +347,11 @@ class RAG:
         return hits, self.model.stream(ids, params, cache=past, cancel=cancel, gate=gate)
 
     @classmethod
-    def open(cls, folder: Path, model: GritModel, cache_source: CacheAttention = "causal") -> RAG:
-        """A saved index with its on-disk KV store (``folder/kv-<source>``); ``model`` must be the index's model."""
+    def open(cls, folder: Path, model: GritModel, cache_source: CacheAttention | None = None) -> RAG:
+        """A saved index with its on-disk KV store (``folder/kv-<source>``); ``model`` must be the index's model;
+        ``cache_source`` None: the model's ``rag_cache_source``."""
         from grit.rag.index import Index
 
+        cache_source = model.rag_cache_source if cache_source is None else cache_source
         index = Index.load(folder, model)
         return cls(model, index, KVStore(store_folder(folder, cache_source)), cache_source=cache_source)

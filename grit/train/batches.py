@@ -66,6 +66,13 @@ class Batches:
         weights = self.cfg.data.weights_for(kind)
         return BatchSampler([len(x) for x in datasets], size, self.cfg.seed, same_dataset, weights)
 
+    def examples(self) -> dict[str, int]:
+        """How many examples of each kind this run reads: contrastive groups, chats and cache-aware RAG rows."""
+        generative = [ex for dataset in self.generative_sets for ex in dataset.examples]
+        rag = sum(1 for ex in generative if ex.passages)
+        contrastive = sum(len(dataset) for dataset in self.embedding_sets)
+        return {"contrastive": contrastive, "chat": len(generative) - rag, "cached_rag": rag}
+
     def batches_per_epoch(self) -> int:
         """Batches in one pass over the data that defines an epoch (the embedding data, unless mode is generative)."""
         return len(self.samplers["generative" if self.cfg.mode == "generative" else "embedding"])

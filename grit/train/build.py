@@ -89,6 +89,38 @@ def load_adapter_weights(peft_model: torch.nn.Module, folder: Path) -> None:
         raise ValueError(f"{folder}: adapter weights do not fit the model: {result.unexpected_keys[:3]}")
 
 
+def check_init_adapter(folder: Path, cfg: TrainConfig) -> Path:
+    """``folder`` if it holds an adapter that continues on this run's base with this run's adapter shape."""
+    import json
+
+    from grit.identity import SavedSettings
+
+    config_file = folder / "adapter_config.json"
+    if not config_file.is_file() or not (folder / "adapter_model.safetensors").is_file():
+        raise ValueError(f"lora.init_from: {folder} holds no LoRA adapter (adapter_config.json and weights)")
+    saved = json.loads(config_file.read_text())
+    theirs = {
+        "r": saved.get("r"),
+        "alpha": saved.get("lora_alpha"),
+        "target_modules": sorted(saved.get("target_modules", [])),
+    }
+    ours = {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "target_modules": sorted(cfg.lora.target_modules)}
+    for key, value in ours.items():
+        if theirs[key] != value:
+            raise ValueError(f"lora.init_from: {folder} has {key}={theirs[key]}, this run lora.{key}={value}")
+    settings = SavedSettings.read(folder)
+    if settings is None or not settings.trained:
+        raise ValueError(
+            f"lora.init_from: {folder} was not written by grit train (no train_config.json): its base is unknown"
+        )
+    if resolve_model_path(settings.base).resolve() != resolve_model_path(cfg.model).resolve():
+        raise ValueError(
+            f"lora.init_from: {folder} adapts {settings.base or 'the default model'}, this run trains "
+            f"{cfg.model or 'the default model'}"
+        )
+    return folder
+
+
 def build_model(cfg: TrainConfig, d: Dist, checkpoint: Path | None = None) -> Trainee:
     """Load ``cfg.model`` (or, for a full fine-tune, the checkpoint's weights) in training mode, equal on every
     process. ``cfg`` is resolved (``TrainConfig.resolved``): its device and dtype are concrete."""
@@ -100,6 +132,9 @@ def build_model(cfg: TrainConfig, d: Dist, checkpoint: Path | None = None) -> Tr
         peft_model = add_lora(model.lm, cfg.lora)
         if checkpoint is not None:
             load_adapter_weights(peft_model, checkpoint / ADAPTER)
+        elif cfg.lora.init_from is not None:
+            load_adapter_weights(peft_model, check_init_adapter(Path(cfg.lora.init_from), cfg))
+            log.info("adapters start from %s", cfg.lora.init_from)
         base = model.identity
     else:  # float32 weights, autocast to the compute dtype (module docstring)
         placement = Placement(d.device, torch.float32, cfg.threads)

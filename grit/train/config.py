@@ -68,12 +68,18 @@ class LoraConfig:
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         "Names of the linear layers that get adapters (Llama/Mistral/Qwen2 naming: attention and MLP).",
     )
+    init_from: str | None = opt(
+        None,
+        "An adapter folder grit train wrote (its adapter/, or a shipped model folder) to start the adapters from "
+        "instead of fresh ones: a second stage continues that training. Its base, r, alpha and modules must match.",
+    )
 
     def __post_init__(self) -> None:
         check(self.r >= 1, f"lora.r must be >= 1, got {self.r}")
         check(self.alpha > 0, f"lora.alpha must be > 0, got {self.alpha}")
         check(0 <= self.dropout < 1, f"lora.dropout must be in [0, 1), got {self.dropout}")
         check(bool(self.target_modules), "lora.target_modules must name at least one module, got []")
+        check(self.init_from is None or bool(str(self.init_from)), "lora.init_from must be a folder or None, got ''")
 
 
 def per_file(table: dict, path: str, default):
@@ -254,6 +260,7 @@ class TrainConfig:
         check(self.model is None or bool(str(self.model)), "model must be a path or None, got ''")
         check(bool(self.output_dir), "output_dir must not be empty")
         self.check_data()
+        check(self.lora.init_from is None or self.lora.enabled, "lora.init_from needs lora.enabled=true")
         check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         check(self.loss_gen_factor >= 0, f"loss_gen_factor must be >= 0, got {self.loss_gen_factor}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")

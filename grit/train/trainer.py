@@ -24,6 +24,9 @@ single ``compute_loss`` does not fit without copying its internals (as GritLM di
         checkpoint-<step>/    every save_every steps and at the end (checkpoint.py); a restart resumes from the newest
         final/                the trained model, LoRA merged in: GritModel.load(output_dir / "final")
         adapter/              LoRA only: the adapter alone, in peft's format, with train_config.json
+                              (final/ and adapter/ also hold grit_training.json: examples of each kind read, and the
+                              document caches cache-aware RAG rows taught the model to read, which RAG then
+                              defaults to)
 
 ``python -m grit.train.plot output_dir`` (or ``grit plot-loss``) draws the loss curves from log.jsonl.
 """
@@ -46,6 +49,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from grit.hardware import resolve_placement
+from grit.identity import TRAINING_RECORD, ModelIdentity, training_record
 from grit.loading import write_folder_atomically
 from grit.packing import attention_width
 
@@ -105,6 +109,8 @@ def run(cfg: TrainConfig, d: Dist, on_step: Callback | None = None) -> Path:
     params = [p for _, p in trainee.named_params()]
     bar = tqdm(total=total, initial=step, desc=f"train {cfg.mode}", unit="step", disable=not d.main)
     started = {"placement": trainee.model.placement.as_dict() | {"dtype": cfg.dtype}, "model": trainee.base.id}
+    if resume_from is None and cfg.lora.init_from is not None:  # the adapter this run continues, by its files
+        started["init_from"] = ModelIdentity.of(cfg.lora.init_from).as_dict()
     while step < total:
         record = optimizer_step(trainee, batches.next, optimizer, scheduler, params, cfg, d)
         step += 1
@@ -121,7 +127,7 @@ def run(cfg: TrainConfig, d: Dist, on_step: Callback | None = None) -> Path:
         if on_step is not None:
             on_step(record)
     bar.close()
-    return save_final(trainee, cfg, out, d)
+    return save_final(trainee, cfg, out, d, training_record(batches.examples(), cfg.data.rag_cache_attention))
 
 
 def find_resume(cfg: TrainConfig, out: Path) -> Path | None:
@@ -275,15 +281,21 @@ def show_progress(bar: tqdm, record: dict[str, Any], cfg: TrainConfig, total: in
                  record["lr"], rate)  # fmt: skip
 
 
-def save_final(trainee: Trainee, cfg: TrainConfig, out: Path, d: Dist) -> Path:
-    """``out/final``: a model folder GritModel.load opens (LoRA merged in), and ``out/adapter`` for LoRA."""
+def save_final(trainee: Trainee, cfg: TrainConfig, out: Path, d: Dist, record: dict[str, Any]) -> Path:
+    """``out/final``: a model folder GritModel.load opens (LoRA merged in), and ``out/adapter`` for LoRA; both
+    with the run's config and ``record`` (``grit.identity.training_record``: what it trained on)."""
     target = out / FINAL
+
+    def describe(tmp: Path) -> None:
+        cfg.save(tmp)  # its ``model`` names the base (None: the default model), unlike peft's machine path
+        (tmp / TRAINING_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+
     if d.main:
         if trainee.peft is not None:
 
             def fill_adapter(tmp: Path) -> None:
                 trainee.peft.save_pretrained(tmp)
-                cfg.save(tmp)  # its ``model`` names the base (None: the default model), unlike peft's machine path
+                describe(tmp)
 
             write_folder_atomically(out / ADAPTER, fill_adapter)
         lm = trainee.merged()
@@ -291,7 +303,7 @@ def save_final(trainee: Trainee, cfg: TrainConfig, out: Path, d: Dist) -> Path:
         def fill(tmp: Path) -> None:
             lm.save_pretrained(tmp)
             trainee.model.tokenizer.save_pretrained(tmp)
-            cfg.save(tmp)
+            describe(tmp)
 
         write_folder_atomically(target, fill)
         log.info("final model in %s", target)
