@@ -5,7 +5,8 @@
 Takes ``RUN/adapter`` (``grit train`` output): the weights are stored as bfloat16 (half the size; the rounding is
 far below what the adapter changes, and the eval of the shipped model is run on these very weights), the config
 names the base by its Hugging Face id instead of a path on the training machine, and ``train_config.json`` (which
-grit reads to find the base and the embedding settings) is kept. The model card (README.md) is not touched.
+grit reads to find the base and the embedding settings) and ``grit_training.json`` (what it trained on; RAG reads
+the document caches it says) are kept. The model card (README.md) is not touched.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from grit.identity import TRAIN_CONFIG
+from grit.identity import TRAIN_CONFIG, TRAINING_RECORD
 from grit.loading import ADAPTER_CONFIG, SHIPPED_ADAPTER
 
 WEIGHTS = "adapter_model.safetensors"
@@ -39,6 +40,11 @@ def ship(run: Path, target: Path = SHIPPED_ADAPTER) -> Path:
     config = json.loads((adapter / ADAPTER_CONFIG).read_text())
     (target / ADAPTER_CONFIG).write_text(json.dumps({**config, "base_model_name_or_path": BASE_ID}, indent=2) + "\n")
     shutil.copy(adapter / TRAIN_CONFIG, target / TRAIN_CONFIG)
+    record = target / TRAINING_RECORD  # what it trained on: RAG's default cache source follows it (grit.identity)
+    if (adapter / TRAINING_RECORD).is_file():
+        shutil.copy(adapter / TRAINING_RECORD, record)
+    else:
+        record.unlink(missing_ok=True)
     return target
 
 

@@ -23,10 +23,12 @@ from the embedding pass that retrieval runs anyway. Spans are joined with their 
 
 ``cache_source="bidirectional"`` reuses the embedding pass's states as GritLM does (free, approximate: those states
 saw the whole span in both directions); ``"causal"`` computes spans with causal attention (one more pass per span,
-at index time for documents; exact: the answer equals a fresh computation of the same token sequence). Causal is
-the default because a model not trained with GRIT cannot read bidirectional states: on SmolLM2-135M-Instruct,
-"How many parameters does SmolLM2-135M-Instruct have?" over a retrieved document gives "... has 135 million
-parameters." from a causal doc cache and repeats "The answer to the prior question is:" from a bidirectional one.
+at index time for documents; exact: the answer equals a fresh computation of the same token sequence). The default
+is the model's own ``rag_cache_source``: "bidirectional" for a model whose folder records cache-aware training
+(``grit_training.json``: it learnt to answer from exactly these states), "causal" for any other, because a model not
+trained to read bidirectional states derails on them: on SmolLM2-135M-Instruct, "How many parameters does
+SmolLM2-135M-Instruct have?" over a retrieved document gives "... has 135 million parameters." from a causal doc
+cache and repeats "The answer to the prior question is:" from a bidirectional one.
 """
 
 from __future__ import annotations

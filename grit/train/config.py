@@ -115,6 +115,12 @@ class DataConfig:
         "How a cache-aware row's documents are computed: as the embedding pass (bidirectional, the free caches), "
         "causally, or mixed (either, per row), so the model learns to read that cache source.",
     )
+    rag_distill: float = opt(
+        0.0,
+        "Weight of a self-distillation term on cache-aware rows (0: off): the KL divergence from the model's own "
+        "full causal reading of the row (no gradient) to its reading of the separately computed documents, over "
+        "every question and answer token, a dense signal beside the answer's few labelled tokens.",
+    )
     pack: bool = opt(
         True,
         "Pack several texts or conversations into one row of each forward pass (each attends only to itself, from "
@@ -171,6 +177,7 @@ class DataConfig:
                 )
         for name in ("embedding_batch_size", "generative_batch_size"):
             check(getattr(self, name) >= 1, f"data.{name} must be >= 1, got {getattr(self, name)}")
+        check(0 <= self.rag_distill < math.inf, f"data.rag_distill must be >= 0, got {self.rag_distill}")
         for name, files in (
             ("query_instructions", "embedding_files"),
             ("passage_instructions", "embedding_files"),

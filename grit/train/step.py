@@ -82,21 +82,57 @@ def head_is_plain(lm: torch.nn.Module) -> bool:
 
 
 def generative(lm: torch.nn.Module, batch: GenerativeBatch, cfg: TrainConfig, d: Dist) -> Tensor:
-    """Next-token loss of this process's share of the global batch, times the world size (see module doc)."""
+    """Next-token loss of this process's share of the global batch, times the world size (see module doc), plus
+    ``data.rag_distill`` times the cache-aware rows' ``distillation``."""
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
     if batch.segments is not None:  # packed rows: each conversation attends causally to itself, from position 0;
         # a cache-aware row's documents each attend only to themselves, as they were cached (batch.blocks)
         mask = segment_mask(batch.segments, True, lm.dtype, batch.blocks)
         inputs |= {"attention_mask": mask, "position_ids": batch.positions}
+    distill = bool(cfg.data.rag_distill) and batch.blocks is not None
+    tail = rag_tail(batch) if distill else None
     if head_is_plain(lm):
         states = lm.get_decoder()(**inputs).last_hidden_state
         total = next_token_loss_from_states(states, lm.get_output_embeddings(), batch.labels, "sum")
+        student = lm.get_output_embeddings()(states[tail]) if distill else None
     else:
-        total = next_token_loss(lm(**inputs).logits, batch.labels, "sum")  # logits (R, W, V)
+        logits = lm(**inputs).logits  # (R, W, V)
+        total = next_token_loss(logits, batch.labels, "sum")
+        student = logits[tail] if distill else None
     if cfg.loss_gen_type == "mixed":
         count = all_sum(trained_tokens(batch.labels).float(), d).clamp(min=1)
     else:
         count = batch.sequences * d.world
+    loss = total * d.world / count
+    if distill:
+        loss = loss + cfg.data.rag_distill * distillation(lm, batch, inputs, student, tail, d)
+    return loss
+
+
+def rag_tail(batch: GenerativeBatch) -> Tensor:
+    """(R, W) bool: the question and answer tokens of cache-aware rows (outside their documents' blocks)."""
+    in_block = (batch.blocks != 0).long()
+    has_blocks = torch.zeros((batch.segments.shape[0], int(batch.segments.max()) + 1), dtype=torch.long,
+                             device=in_block.device).scatter_reduce(1, batch.segments, in_block, "amax")  # fmt: skip
+    return has_blocks.gather(1, batch.segments).bool() & (in_block == 0) & (batch.segments > 0)
+
+
+def distillation(lm: torch.nn.Module, batch: GenerativeBatch, inputs: dict, student: Tensor, tail: Tensor,
+                 d: Dist) -> Tensor:  # fmt: skip
+    """Mean KL(full causal reading || block-masked reading) of the next-token distributions at the ``tail`` tokens
+    (``rag_tail``: every question and answer token of the cache-aware rows; ``data.rag_distill``). ``student``:
+    the logits there of the block-masked pass (the loss's own forward); the teacher is the model itself reading
+    each row's documents as one causal prefill would, without gradient. What bench/rag_closeness.py measures, as
+    a loss."""
+    count = all_sum(tail.sum().float(), d).clamp(min=1)
+    with torch.no_grad():
+        options = inputs | {"attention_mask": segment_mask(batch.segments, True, lm.dtype)}
+        if head_is_plain(lm):
+            teacher = lm.get_output_embeddings()(lm.get_decoder()(**options).last_hidden_state[tail])
+        else:
+            teacher = lm(**options).logits[tail]
+        teacher = F.log_softmax(teacher.float(), -1)
+    total = F.kl_div(F.log_softmax(student.float(), -1), teacher, log_target=True, reduction="sum")
     return total * d.world / count
 
 

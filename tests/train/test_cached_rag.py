@@ -17,7 +17,7 @@ from grit.train.collate import collate_generative
 from grit.train.config import DataConfig, TrainConfig
 from grit.train.data import Batch, drop_short_answers, generative_examples, read_generative_files
 from grit.train.distributed import Dist
-from grit.train.step import generative, micro_step
+from grit.train.step import distillation, generative, micro_step, rag_tail
 
 ROWS = [
     {"question": "Which module logs events?", "answers": ["logging"], "passage": "The logging module logs events."},
@@ -153,3 +153,65 @@ def test_rag_options_are_checked():
         DataConfig(generative_files=["g.jsonl"], rag_passages=0)
     with pytest.raises(ValueError, match="rag_cache_attention must be one of"):
         DataConfig(generative_files=["g.jsonl"], rag_cache_attention="both")
+
+
+def distillation_batch(tiny_grit, dataset, passages, attention, pack):
+    chat = read_generative_files([write_rows(dataset.path.with_name("chat2.jsonl.gz"),
+                                             [{"text": ["Name a module.", "The json module."]}])])[0]  # fmt: skip
+    examples = generative_examples([dataset, chat], Batch(0, 0, ((0, 1), (1, 0), (0, 2))), passages=passages,
+                                   attention=attention)  # fmt: skip
+    width_cost = attention_width(tiny_grit.lm.config) if pack else 0
+    return collate_generative(tiny_grit.tokenizer, examples, FMT, 128, width_cost, 64)
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["padded", "packed"])
+def test_the_distillation_tail_is_the_question_and_answer_of_rag_rows(tiny_grit, dataset, pack):
+    batch = distillation_batch(tiny_grit, dataset, 2, "bidirectional", pack)
+    tail = rag_tail(batch)
+    kinds = []
+    for row in range(batch.segments.shape[0]):  # each conversation: a segment of a row (padded: one per row)
+        for seg in batch.segments[row].unique().tolist():
+            if seg == 0:
+                continue
+            mine = torch.zeros_like(tail)
+            mine[row] = batch.segments[row] == seg
+            rag = bool((mine & (batch.blocks != 0)).any())
+            kinds.append(rag)
+            assert torch.equal(tail & mine, mine & (batch.blocks == 0) if rag else torch.zeros_like(mine))
+    assert sorted(kinds) == [False, True, True] and tail.any()
+
+
+def student_distillation(lm, batch):
+    """``distillation`` with the student logits of the block-masked forward, as ``generative`` passes them."""
+    inputs = {"input_ids": batch.input_ids, "use_cache": False, "position_ids": batch.positions,
+              "attention_mask": segment_mask(batch.segments, True, lm.dtype, batch.blocks)}  # fmt: skip
+    tail = rag_tail(batch)
+    return distillation(lm, batch, inputs, lm(**inputs).logits[tail], tail, Dist())
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["padded", "packed"])
+def test_distillation_is_zero_where_cached_reading_is_exact_and_trains_only_the_student(tiny_grit, dataset, pack):
+    """One causal document per row is read exactly as a full prefill: no divergence. Bidirectional documents are
+    not: a positive term, whose gradient comes from the block-masked (student) pass alone."""
+    lm = tiny_grit.lm
+    for passages, attention, exact in ((1, "causal", True), (2, "causal", False), (2, "bidirectional", False)):
+        batch = distillation_batch(tiny_grit, dataset, passages, attention, pack)
+        with torch.no_grad():
+            kl = student_distillation(lm, batch).item()
+        assert (kl < 1e-8) if exact else (kl > 1e-6), (passages, attention, kl)
+    base = TrainConfig(mode="generative", data=DataConfig(generative_files=["g.jsonl"], pack=pack))
+    with_kl = TrainConfig(mode="generative", data=DataConfig(generative_files=["g.jsonl"], pack=pack, rag_distill=2.0))
+    with torch.no_grad():
+        plain, distilled = (generative(lm, batch, c, Dist()).item() for c in (base, with_kl))
+    assert distilled == pytest.approx(plain + 2.0 * kl, rel=1e-4)
+    lm.zero_grad()
+    loss = student_distillation(lm, batch)
+    loss.backward()
+    grads = [p.grad for p in lm.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    lm.zero_grad()
+
+
+def test_rag_distill_must_not_be_negative():
+    with pytest.raises(ValueError, match="rag_distill must be >= 0"):
+        DataConfig(generative_files=["g.jsonl"], rag_distill=-1.0)

@@ -85,8 +85,9 @@ def test_a_run_records_what_it_trained_on(first_stage):
                                                 ("causal", "causal")])  # fmt: skip
 def test_cache_aware_training_sets_the_cache_rag_reads(tiny_model_path, train_data, tmp_path, attention, source):
     rag_file = write_jsonl(tmp_path / "rag.jsonl", RAG_ROWS)
+    files = "data.generative_files=" + json.dumps([str(train_data[1]), str(rag_file)])
     cfg = tiny_config(tiny_model_path, train_data, tmp_path / "out", *LORA, f"data.rag_cache_attention={attention}",
-                      "data.generative_files=" + json.dumps([str(train_data[1]), str(rag_file)]), max_steps=1)  # fmt: skip
+                      files, max_steps=1)  # fmt: skip
     final = train(cfg)
     for folder in (final, tmp_path / "out" / "adapter"):
         record = json.loads((folder / TRAINING_RECORD).read_text())
