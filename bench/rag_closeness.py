@@ -57,6 +57,11 @@ class Prompt:
     answer: list[int]
     answers: tuple[str, ...]
 
+    @property
+    def context(self) -> list[int]:
+        """The documents' tokens, then the question turn: what a full prefill runs before the answer."""
+        return [t for d in self.docs for t in d] + self.tail
+
 
 def prompts(model, examples, k: int, seed: int) -> list:
     """Each question's documents (its own passage and k-1 others, shuffled), RAG's turn after them and the first
@@ -79,7 +84,7 @@ def prompts(model, examples, k: int, seed: int) -> list:
 @torch.inference_mode()
 def full_pass(model, p: Prompt) -> tuple[torch.Tensor, float]:
     """Log-probabilities over the answer tokens from one causal pass, and the seconds to the first answer token."""
-    context = [t for d in p.docs for t in d] + p.tail
+    context = p.context
     ids = model.as_ids(context + p.answer)
     start = time.perf_counter()
     model.lm(input_ids=model.as_ids(context), logits_to_keep=1)
@@ -127,8 +132,7 @@ def measure(model, name: str, examples, ks, sources, ratios, answer_tokens: int,
         fulls = []
         for p in tqdm(items, desc=f"{name} k={k} full prefill", leave=False):
             logp, seconds = full_pass(model, p)
-            context = [t for d in p.docs for t in d] + p.tail
-            fulls.append((logp, seconds, model.complete(model.as_ids(context), params).text))
+            fulls.append((logp, seconds, model.complete(model.as_ids(p.context), params).text))
         for source in sources:
             spans = [[compute_cache(model.lm.base_model, d, source) for d in p.docs] for p in items]
             for ratio in tqdm(ratios, desc=f"{name} k={k} {source}", leave=False):
@@ -136,8 +140,7 @@ def measure(model, name: str, examples, ks, sources, ratios, answer_tokens: int,
                 for p, doc_spans, (full_logp, _, full_text) in zip(items, spans, fulls, strict=True):
                     logp, seconds, past = cached_pass(model, p, doc_spans, ratio)
                     kls.append((full_logp.exp() * (full_logp - logp)).sum(-1).mean().item())
-                    context = [t for d in p.docs for t in d] + p.tail  # generation continues after the cache
-                    text = model.complete(model.as_ids(context), params, cache=past).text
+                    text = model.complete(model.as_ids(p.context), params, cache=past).text  # after the cache
                     agree.append(float(text == full_text))
                     em.append(exact_match(text, p.answers))
                     f1.append(token_f1(text, p.answers))
