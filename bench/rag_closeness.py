@@ -102,15 +102,16 @@ def cached_pass(model, p: Prompt, spans, ratio: float) -> tuple[torch.Tensor, fl
 
     n = sum(len(d) for d in p.docs)
 
-    def run(tokens: list[int], past):
+    def run(tokens: list[int], past, **options):
         where = torch.arange(n, n + len(tokens), device=model.device)[None]
-        out = model.lm(input_ids=model.as_ids(tokens), position_ids=where, use_cache=True, **cache_argument(past))
+        out = model.lm(input_ids=model.as_ids(tokens), position_ids=where, use_cache=True, **cache_argument(past),
+                       **options)  # fmt: skip
         crop_cache(past, n)  # back to the documents alone, for the next use
         return out
 
     start = time.perf_counter()
     past = recompute_joined(model.lm.base_model, spans, ratio)[0]
-    run(p.tail, past)
+    run(p.tail, past, logits_to_keep=1)  # as the full pass and RAG's own prefill: the last position's logits only
     seconds = time.perf_counter() - start
     logits = run(p.tail + p.answer, past).logits[0, len(p.tail) - 1 : -1]
     return torch.log_softmax(logits.float(), -1), seconds, past

@@ -5,11 +5,12 @@ values see no other token, but from the second layer on each span's states never
 A full prefill repairs that at the cost of the whole context. CacheBlend's observation: a small share of tokens
 carries most of the deviation, and recomputing those lets later layers attend across spans.
 
-``recompute_joined`` picks the ``ratio`` of context tokens whose keys at ``check_layer`` deviate most from a fresh
-causal computation (which costs ``check_layer + 1`` of the model's layers over the context), then runs those
-tokens alone through every layer: at each layer their new keys and values are written into the joined cache at
-their own positions, and they attend causally to all earlier tokens, cached or recomputed. ``ratio=0`` is the plain
-join, ``ratio=1`` recomputes every token: a full causal prefill.
+``recompute_joined`` runs a fresh causal prefill of the whole context through the layers up to ``check_layer``
+(``check_layer + 1`` of the model's layers), which gives every token its exact states there, and picks the
+``ratio`` of context tokens whose keys at ``check_layer`` deviate most from the joined ones. Those tokens alone
+then continue from that prefill's hidden states through the remaining layers: at each layer their new keys and
+values are written into the joined cache at their own positions, and they attend causally to all earlier tokens,
+cached or recomputed. ``ratio=0`` is the plain join, ``ratio=1`` recomputes every token: a full causal prefill.
 """
 
 from __future__ import annotations
@@ -36,25 +37,42 @@ def check_recompute_ratio(ratio: float) -> None:
         raise ValueError(f"recompute_ratio must be between 0 and 1, got {ratio}")
 
 
-@torch.inference_mode()
-def fresh_keys(base_model: torch.nn.Module, ids: Sequence[int], layer: int) -> torch.Tensor:
-    """Keys (kv_heads, n, head_dim) of layer ``layer`` for ``ids`` computed causally from scratch, running only the
-    layers up to it."""
-    from transformers import DynamicCache
-
+def check_layer_index(base_model: torch.nn.Module, layer: int) -> None:
     if not 0 <= layer < base_model.config.num_hidden_layers:
         raise ValueError(f"check_layer must be in 0..{base_model.config.num_hidden_layers - 1}, got {layer}")
-    device = next(base_model.parameters()).device
-    where = torch.arange(len(ids), device=device)
-    hidden = base_model.embed_tokens(torch.tensor([list(ids)], device=device))
+
+
+def run_layers(base_model: torch.nn.Module, hidden: torch.Tensor, where: torch.Tensor, width: int, cache,
+               layers: range) -> torch.Tensor:  # fmt: skip
+    """Hidden states (1, m, H) of the tokens at positions ``where`` through the decoder ``layers``, each token
+    attending causally to the ``width`` positions of ``cache`` (which each layer's attention updates with the
+    tokens' own keys and values)."""
     rotary = base_model.rotary_emb(hidden, where[None])
-    mask = causal_mask(where, len(ids), hidden.dtype)
-    cache = DynamicCache(config=base_model.config)
-    for decoder_layer in base_model.layers[: layer + 1]:
+    mask = causal_mask(where, width, hidden.dtype)
+    for decoder_layer in base_model.layers[layers.start : layers.stop]:
         out = decoder_layer(hidden, attention_mask=mask, position_embeddings=rotary, position_ids=where[None],
                             use_cache=True, **cache_argument(cache))  # fmt: skip
         hidden = out[0] if isinstance(out, tuple) else out
-    return cache.layers[layer].keys[0]
+    return hidden
+
+
+@torch.inference_mode()
+def fresh_prefix(base_model: torch.nn.Module, ids: Sequence[int], layer: int):
+    """A causal prefill of ``ids`` through the layers up to ``layer`` only: their hidden states after it (1, n, H)
+    and a DynamicCache whose layers 0..``layer`` are exactly a full prefill's."""
+    from transformers import DynamicCache
+
+    check_layer_index(base_model, layer)
+    device = next(base_model.parameters()).device
+    hidden = base_model.embed_tokens(torch.tensor([list(ids)], device=device))
+    cache = DynamicCache(config=base_model.config)
+    where = torch.arange(len(ids), device=device)
+    return run_layers(base_model, hidden, where, len(ids), cache, range(layer + 1)), cache
+
+
+def fresh_keys(base_model: torch.nn.Module, ids: Sequence[int], layer: int) -> torch.Tensor:
+    """Keys (kv_heads, n, head_dim) of layer ``layer`` for ``ids`` computed causally from scratch."""
+    return fresh_prefix(base_model, ids, layer)[1].layers[layer].keys[0]
 
 
 def deviating_tokens(fresh: torch.Tensor, cached: torch.Tensor, count: int) -> torch.Tensor:
@@ -83,15 +101,18 @@ def recompute_joined(
     device = next(base_model.parameters()).device
     if count == 0:
         return cache, ids, torch.zeros(0, dtype=torch.long, device=device)
+    hidden, fresh = fresh_prefix(base_model, ids, check_layer)
     if count == n:
         chosen = torch.arange(n, device=device)
     else:
-        chosen = deviating_tokens(fresh_keys(base_model, ids, check_layer), cache.layers[check_layer].keys[0], count)
-    layers = [(layer.keys, layer.values) for layer in cache.layers]
+        chosen = deviating_tokens(fresh.layers[check_layer].keys[0], cache.layers[check_layer].keys[0], count)
+    # The check pass already holds every token's exact states up to check_layer: they replace the joined ones
+    # there, and the chosen tokens continue from its hidden states rather than starting again at layer 0.
+    dtype = cache.layers[0].keys.dtype
+    layers = [(fresh.layers[i].keys.to(dtype), fresh.layers[i].values.to(dtype)) if i <= check_layer
+              else (layer.keys, layer.values) for i, layer in enumerate(cache.layers)]  # fmt: skip
     writer = overwriting_cache_class()(layers, base_model.config, chosen)
-    tokens = torch.tensor([ids], device=device)[:, chosen]
-    base_model(input_ids=tokens, attention_mask=causal_mask(chosen, n, layers[0][0].dtype),
-               position_ids=chosen[None], use_cache=True, **cache_argument(writer))  # fmt: skip
+    run_layers(base_model, hidden[:, chosen], chosen, n, writer, range(check_layer + 1, len(layers)))
     joined = DynamicCache([(layer.keys, layer.values) for layer in writer.layers], config=base_model.config)
     return joined, ids, chosen
 

@@ -28,7 +28,7 @@ def tokenizer_corpus() -> list[str]:
     return [m.__doc__ or "" for m in (argparse, collections, json, logging, pathlib, textwrap)] * 4
 
 
-def build_tiny_model(folder: Path, vocab_size: int = 512, seed: int = 0) -> Path:
+def build_tiny_model(folder: Path, vocab_size: int = 512, seed: int = 0, layers: int = 2) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -53,7 +53,7 @@ def build_tiny_model(folder: Path, vocab_size: int = 512, seed: int = 0) -> Path
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,

@@ -1,8 +1,9 @@
 """Selective recompute of joined span caches: ratio 1 is a full prefill, ratio 0 the plain join, and in between
-the chosen tokens get exactly the states a full prefill gives them in the layers that can be checked."""
+every token gets a full prefill's states up to the check layer and the chosen tokens one layer further."""
 
 import pytest
 import torch
+from conftest import build_tiny_model
 
 from grit.kvcache import compute_cache, join_caches, logits_on_cache
 from grit.recompute import deviating_tokens, fresh_keys, recompute_joined
@@ -56,9 +57,22 @@ def test_recomputing_nothing_is_the_plain_join(tiny_grit, parts):
     torch.testing.assert_close(tail_logits(tiny_grit.lm, cache, len(ids), tail), joined)
 
 
-def test_the_most_deviating_tokens_get_the_full_prefills_states(tiny_grit, parts):
-    docs, tail, ids, full, prefill = parts
-    base = tiny_grit.lm.base_model
+@pytest.fixture(scope="module")
+def deep_grit(tmp_path_factory):
+    """A 4-layer tiny model: with the check at layer 1, two layers are left where only chosen tokens move."""
+    from grit import GritModel
+
+    return GritModel.load(build_tiny_model(tmp_path_factory.mktemp("tiny-4"), layers=4), dtype="float32")
+
+
+def test_the_most_deviating_tokens_get_the_full_prefills_states(deep_grit):
+    docs = [deep_grit.embedding_ids(t) for t in TEXTS]
+    tail = deep_grit.chat_ids([{"role": "user", "content": "Which module logs events?"}], before="\n")
+    ids = [t for d in docs for t in d]
+    base = deep_grit.lm.base_model
+    with torch.inference_mode():
+        full = deep_grit.lm(input_ids=torch.tensor([ids + tail])).logits[0, len(ids) :]
+        prefill = returned_cache(base(input_ids=torch.tensor([ids]), use_cache=True))
     spans = [compute_cache(base, d, "bidirectional") for d in docs]
     plain, _ = join_caches(base, spans)
     fresh = fresh_keys(base, ids, 1)
@@ -68,15 +82,22 @@ def test_the_most_deviating_tokens_get_the_full_prefills_states(tiny_grit, parts
     assert chosen.tolist() == deviating_tokens(fresh, plain.layers[1].keys[0], len(chosen)).tolist()
     kept = torch.ones(len(ids), dtype=torch.bool)
     kept[chosen] = False
-    # Layer 1's inputs are exact for every token (layer 0 sees no other span), so the chosen tokens' layer-1 keys
-    # are the full prefill's; the others keep their joined states.
-    torch.testing.assert_close(cache.layers[1].keys[0][:, chosen], prefill.layers[1].keys[0][:, chosen],
-                               atol=1e-5, rtol=1e-5)  # fmt: skip
-    torch.testing.assert_close(cache.layers[1].keys[0][:, kept], plain.layers[1].keys[0][:, kept])
+
+    def close(a, b):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+    # Up to the check layer every token has the full prefill's states (the check pass is one).
+    for layer in (0, 1):
+        close(cache.layers[layer].keys[0], prefill.layers[layer].keys[0])
+        close(cache.layers[layer].values[0], prefill.layers[layer].values[0])
+    # One layer on, the chosen tokens' keys come from exact inputs; the others keep their joined states there.
+    close(cache.layers[2].keys[0][:, chosen], prefill.layers[2].keys[0][:, chosen])
+    torch.testing.assert_close(cache.layers[2].keys[0][:, kept], plain.layers[2].keys[0][:, kept])
+    assert (plain.layers[2].keys[0][:, chosen] - prefill.layers[2].keys[0][:, chosen]).abs().max() > 1e-3
     # Closer to the full prefill than the plain join, and more so with more recomputed.
-    plain_kl = kl(full, logits_on_cache(tiny_grit.lm, spans, tail))
-    some = kl(full, tail_logits(tiny_grit.lm, cache, len(ids), tail))
-    more = kl(full, tail_logits(tiny_grit.lm, recompute_joined(base, spans, 0.6)[0], len(ids), tail))
+    plain_kl = kl(full, logits_on_cache(deep_grit.lm, spans, tail))
+    some = kl(full, tail_logits(deep_grit.lm, cache, len(ids), tail))
+    more = kl(full, tail_logits(deep_grit.lm, recompute_joined(base, spans, 0.6)[0], len(ids), tail))
     assert more < some < plain_kl
 
 

@@ -102,22 +102,70 @@ def cmd_build(args: argparse.Namespace) -> None:
     documents = load_documents(args.docs)
     if not documents:
         raise ValueError(f"{args.docs} holds no documents with text")
-    index = Index.build(documents, load_index_model(args), config)
-    index.save(args.out)
+    model = load_index_model(args)
+    if model.rag_cache_source == "bidirectional":
+        index = build_keeping_caches(documents, model, config, args.out)
+    else:
+        index = Index.build(documents, model, config)
+        index.save(args.out)
     print(
         f"indexed {index.num_documents} documents as {index.num_chunks} chunks "
-        f"({index.kind}, {args.quantize}) into {args.out}"
+        f"({index.kind}, {args.quantize}) into {args.out}{kept_caches_note(model, args.out)}"
     )
 
 
+def build_keeping_caches(documents, model, config, out: Path):
+    """``Index.build`` for a model that reads its own embedding caches (trained cache-aware): every chunk's cache
+    comes from the embedding pass itself, staged beside ``out`` and moved into its KV store once the folder is
+    written, so ``grit rag`` finds them all and computes none."""
+    import os
+    import shutil
+    import tempfile
+
+    from grit.rag.answer import RAG
+    from grit.rag.index import Index
+    from grit.rag.kvstore import KVStore, store_folder
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.kv-", dir=out.parent))
+    try:
+        index = Index(model, config)
+        RAG(model, index, KVStore(staging), cache_source="bidirectional").add_documents(documents)
+        index.save(out)
+        target = store_folder(out, "bidirectional")
+        target.mkdir(exist_ok=True)
+        for path in staging.iterdir():
+            os.replace(path, target / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return index
+
+
+def kept_caches_note(model, folder: Path) -> str:
+    if model.rag_cache_source != "bidirectional":
+        return ""
+    from grit.rag.kvstore import store_folder
+
+    store = store_folder(folder, "bidirectional")
+    files = len(list(store.glob("*.safetensors")))
+    return f"; {store} holds {files} chunk caches, kept from the embedding pass (the model was trained to read them)"
+
+
 def cmd_add(args: argparse.Namespace) -> None:
+    from grit.rag.answer import RAG
     from grit.rag.index import Index
 
     documents = load_documents(args.docs)
-    index = Index.load(args.index, load_index_model(args, args.index))
-    added = index.add(documents, replace=args.replace)
+    model = load_index_model(args, args.index)
+    if model.rag_cache_source == "bidirectional":  # the new chunks' caches from their embedding pass, as build
+        rag = RAG.open(args.index, model)
+        added, index = rag.add_documents(documents, replace=args.replace), rag.index
+    else:
+        index = Index.load(args.index, model)
+        added = index.add(documents, replace=args.replace)
     index.save(args.index)
-    print(f"added {len(documents)} documents ({added} chunks); {args.index} has {index.num_documents} documents")
+    print(f"added {len(documents)} documents ({added} chunks); {args.index} has {index.num_documents} documents"
+          f"{kept_caches_note(model, args.index)}")  # fmt: skip
 
 
 def cmd_delete(args: argparse.Namespace) -> None:

@@ -157,17 +157,35 @@ class RAG:
         if span is not None:
             return span, key, True
         span = self._compute_span(text, instruction, ids)
-        key = self.cache_key(hit.doc_id, span.ids)  # the ids the pass really saw (equal to ``ids``)
+        return span, self._keep(hit.doc_id, span), False
+
+    def _keep(self, doc_id: str, span: SpanCache) -> CacheKey:
+        """Store a document span's cache (in the KV store, else in memory) under the ids it really stands for."""
+        key = self.cache_key(doc_id, span.ids)
         with self._lock:
             if self.kv_store is not None:
                 self.kv_store.put(key, span)
             else:
                 self._memory[key] = span
-        return span, key, False
+        return key
 
     def document_span(self, hit) -> SpanCache:
         """The cache of a hit's chunk: from memory, the store, or computed now (and stored)."""
         return self._document_span(hit)[0]
+
+    def add_documents(self, documents, *, replace: bool = False) -> int:
+        """``index.add`` (chunks added), and with bidirectional caches each new chunk's cache kept from that same
+        embedding pass: the document caches cost no second pass (GritLM's free caches; a causal cache needs one
+        more pass, made when a chunk is first asked for or by ``cache_index``)."""
+        if self.cache_source != "bidirectional":
+            return self.index.add(documents, replace=replace)
+        if self.index.encoder is not self.model:
+            raise ValueError("the index embeds with another encoder than this RAG's model: its states are not this "
+                             "model's caches")  # fmt: skip
+        return self.index.add(documents, replace=replace, keep_states=self._keep_chunk)
+
+    def _keep_chunk(self, chunk, span: SpanCache) -> None:
+        self._keep(chunk.doc_id, span)
 
     def cache_documents(self, hits, *, progress: bool = False) -> CacheReport:
         """Build the caches of these chunks ahead of time (the paper's offline step)."""

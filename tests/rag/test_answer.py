@@ -1,6 +1,7 @@
 """RAG answering with each cache mode, on the tiny random Llama (answers are noise; the mechanics are tested)."""
 
 import dataclasses
+import json
 import logging
 
 import pytest
@@ -225,3 +226,92 @@ def test_a_cache_file_with_the_wrong_shapes_is_recomputed(tiny_grit, tmp_path, c
         again = RAG(tiny_grit, index, KVStore(tmp_path)).answer("What does json expose?", k=1, cache="doc",
                                                                max_new_tokens=5)  # fmt: skip
     assert "do not fit this model's shapes" in caplog.text and again.text == first.text
+
+
+@pytest.fixture
+def forwards(tiny_grit):
+    calls = []
+    handle = tiny_grit.lm.base_model.register_forward_hook(lambda *_: calls.append(1))
+    yield calls
+    handle.remove()
+
+
+def test_added_documents_keep_their_embedding_pass_as_their_cache(tiny_grit, tmp_path, forwards):
+    """With bidirectional caches, add_documents keeps each chunk's states from the embedding pass itself: no more
+    forward passes than a plain build, the same vectors, the same states as computing the cache later, and
+    nothing left for cache_index to compute."""
+    plain = Index.build(DOCS, tiny_grit)
+    plain_passes = len(forwards)
+    store = KVStore(tmp_path / "kv")
+    index = Index(tiny_grit)
+    rag = RAG(tiny_grit, index, store, cache_source="bidirectional")
+    assert rag.add_documents(DOCS) == len(DOCS)
+    assert len(forwards) == 2 * plain_passes and len(store.files()) == len(DOCS)
+    ours, theirs = index.search("Which module logs events?", k=3), plain.search("Which module logs events?", k=3)
+    assert [h.doc_id for h in ours] == [h.doc_id for h in theirs]
+    assert [h.score for h in ours] == pytest.approx([h.score for h in theirs], abs=1e-5)
+    later = RAG(tiny_grit, plain, cache_source="bidirectional")
+    for hit in index.all_chunks():
+        kept, fresh = rag.document_span(hit), later.document_span(hit)
+        assert kept.ids == fresh.ids and kept.attention == "bidirectional"
+        for a, b in zip(kept.keys + kept.values, fresh.keys + fresh.values, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    report = rag.cache_index()
+    assert (report.reused, report.computed) == (len(DOCS), 0)
+    question = "Which module logs events?"
+    assert rag.answer(question, k=2, max_new_tokens=5).text == later.answer(question, k=2, max_new_tokens=5).text
+
+
+def test_a_replaced_documents_kept_cache_survives_the_save(tiny_grit, tmp_path):
+    folder = Index.build(DOCS, tiny_grit).save(tmp_path / "idx")
+    rag = RAG.open(folder, tiny_grit, "bidirectional")
+    assert rag.cache_index().computed == len(DOCS)
+    old = {p.name for p in rag.kv_store.files()}
+    assert rag.add_documents([Document("json", NEW_JSON, "json")], replace=True) == 1
+    new = {p.name for p in rag.kv_store.files()}
+    assert len(new) == len(DOCS) and len(new - old) == 1  # the old version's file went, the new one's came
+    rag.index.save(folder)
+    again = RAG.open(folder, tiny_grit, "bidirectional")
+    report = again.cache_index()
+    assert (report.reused, report.computed, report.evicted) == (len(DOCS), 0, 0)
+    hits, layout, _ = again.prepare("What does the parcel module read?", 1, "doc", 6)
+    assert hits[0].doc_id == "json" and tiny_grit.tokenizer.decode(layout.spans[0].ids).endswith(NEW_JSON)
+
+
+def test_causal_caches_are_not_kept_at_indexing(tiny_grit, tmp_path):
+    """A causal cache is another pass: add_documents only indexes, and the caches come when first needed."""
+    store = KVStore(tmp_path / "kv")
+    rag = RAG(tiny_grit, Index(tiny_grit), store, cache_source="causal")
+    assert rag.add_documents(DOCS) == len(DOCS) and store.files() == []
+    assert rag.cache_index().computed == len(DOCS)
+
+
+def test_states_of_another_encoder_are_refused(tiny_grit):
+    index = Index(None, tokenizer=tiny_grit.tokenizer)
+    with pytest.raises(ValueError, match="another encoder than this RAG's model"):
+        RAG(tiny_grit, index, cache_source="bidirectional").add_documents(DOCS)
+
+
+def test_cli_index_of_a_cache_aware_model_keeps_every_chunks_cache(tiny_grit, tmp_path, capsys):
+    """`grit index build` / `add` with a model that reads its embedding caches: `grit rag cache` then finds every
+    chunk's cache and computes none."""
+    from grit.cli import main
+
+    aware = tmp_path / "aware"
+    tiny_grit.rag_cache_source = "bidirectional"
+    try:
+        tiny_grit.save_pretrained(aware)
+    finally:
+        tiny_grit.rag_cache_source = "causal"
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"id": d.id, "title": d.title, "text": d.text}) + "\n" for d in DOCS))
+    folder = tmp_path / "idx"
+    assert main(["index", "build", str(docs), "--out", str(folder), "--model", str(aware)]) == 0
+    assert f"holds {len(DOCS)} chunk caches, kept from the embedding pass" in capsys.readouterr().out
+    more = tmp_path / "more.jsonl"
+    more.write_text('{"id": "tides", "title": "Tides", "text": "The moon pulls the ocean twice a day."}\n')
+    assert main(["index", "add", str(folder), str(more)]) == 0
+    assert f"holds {len(DOCS) + 1} chunk caches" in capsys.readouterr().out
+    assert main(["rag", "cache", str(folder)]) == 0
+    assert f"{len(DOCS) + 1} chunks: {len(DOCS) + 1} cached already, 0 computed" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".idx")] == []  # no staging left behind
