@@ -41,6 +41,7 @@ class Row:
     k: int
     source: str
     ratio: float
+    block_starts: int
     questions: int
     kl: float
     agree: float
@@ -63,9 +64,10 @@ class Prompt:
         return [t for d in self.docs for t in d] + self.tail
 
 
-def prompts(model, examples, k: int, seed: int) -> list:
+def prompts(model, examples, k: int, seed: int, doc_tokens: int = 0, pool: list[str] | None = None) -> list:
     """Each question's documents (its own passage and k-1 others, shuffled), RAG's turn after them and the first
-    reference answer's tokens."""
+    reference answer's tokens. ``doc_tokens``: each document grows by further passages of ``pool`` (seeded) until
+    it holds that many tokens, as long retrieved chunks would."""
     from grit.rag.modes import RagFormat
 
     passages = sorted({ex.passage for ex in examples})
@@ -73,12 +75,20 @@ def prompts(model, examples, k: int, seed: int) -> list:
     for ex in examples:
         rng = random.Random(f"closeness:{seed}:{ex.id}:{k}")
         others = rng.sample([p for p in passages if p != ex.passage], min(k - 1, len(passages) - 1))
-        docs = [ex.passage, *others]
+        docs = [grown(model, d, doc_tokens, pool or passages, rng) for d in (ex.passage, *others)]
         rng.shuffle(docs)
         turn = RagFormat().after_docs.format(question=ex.question)
         out.append(Prompt([model.embedding_ids(d) for d in docs], model.chat_ids([{"role": "user", "content": turn}],
                           before="\n"), model.token_ids(ex.answers[0]), ex.answers))  # fmt: skip
     return out
+
+
+def grown(model, passage: str, tokens: int, pool: list[str], rng: random.Random) -> str:
+    """``passage`` followed by passages drawn from ``pool`` until it is ``tokens`` tokens long (0: as it is)."""
+    text = passage
+    while len(model.token_ids(text)) < tokens:
+        text += "\n\n" + rng.choice(pool)
+    return text
 
 
 @torch.inference_mode()
@@ -94,7 +104,7 @@ def full_pass(model, p: Prompt) -> tuple[torch.Tensor, float]:
 
 
 @torch.inference_mode()
-def cached_pass(model, p: Prompt, spans, ratio: float) -> tuple[torch.Tensor, float, object]:
+def cached_pass(model, p: Prompt, spans, ratio: float, starts: int = 0) -> tuple[torch.Tensor, float, object]:
     """Log-probabilities over the answer tokens on the joined (and recomputed) caches, the seconds to the first
     answer token, and the documents' cache again (cut back to them) for greedy decoding."""
     from grit.recompute import recompute_joined
@@ -110,14 +120,20 @@ def cached_pass(model, p: Prompt, spans, ratio: float) -> tuple[torch.Tensor, fl
         return out
 
     start = time.perf_counter()
-    past = recompute_joined(model.lm.base_model, spans, ratio)[0]
+    past = recompute_joined(model.lm.base_model, spans, ratio, block_starts=starts)[0]
     run(p.tail, past, logits_to_keep=1)  # as the full pass and RAG's own prefill: the last position's logits only
     seconds = time.perf_counter() - start
     logits = run(p.tail + p.answer, past).logits[0, len(p.tail) - 1 : -1]
     return torch.log_softmax(logits.float(), -1), seconds, past
 
 
-def measure(model, name: str, examples, ks, sources, ratios, answer_tokens: int, seed: int) -> list[Row]:
+def recompute_grid(ratios: list[float], block_starts: list[int]) -> list[tuple[float, int]]:
+    """(ratio, block starts) pairs: each ratio with no forced starts, and the partial ratios with each count."""
+    return [(r, b) for r in ratios for b in sorted({0, *block_starts}) if b == 0 or 0 < r < 1]
+
+
+def measure(model, name: str, examples, ks, sources, grid, answer_tokens: int, seed: int, doc_tokens: int = 0,
+            pool: list[str] | None = None) -> list[Row]:  # fmt: skip
     from tqdm import tqdm
 
     from grit.eval.metrics import exact_match, token_f1
@@ -127,19 +143,19 @@ def measure(model, name: str, examples, ks, sources, ratios, answer_tokens: int,
     params = SamplingParams(answer_tokens)
     rows = []
     for k in ks:
-        items = prompts(model, examples, k, seed)
+        items = prompts(model, examples, k, seed, doc_tokens, pool)
         warm = [compute_cache(model.lm.base_model, d, "causal") for d in items[0].docs]
-        full_pass(model, items[0]), cached_pass(model, items[0], warm, max(ratios))  # allocator, kernels: untimed
+        full_pass(model, items[0]), cached_pass(model, items[0], warm, 0.5)  # allocator, kernels: untimed
         fulls = []
         for p in tqdm(items, desc=f"{name} k={k} full prefill", leave=False):
             logp, seconds = full_pass(model, p)
             fulls.append((logp, seconds, model.complete(model.as_ids(p.context), params).text))
         for source in sources:
             spans = [[compute_cache(model.lm.base_model, d, source) for d in p.docs] for p in items]
-            for ratio in tqdm(ratios, desc=f"{name} k={k} {source}", leave=False):
+            for ratio, starts in tqdm(grid, desc=f"{name} k={k} {source}", leave=False):
                 kls, agree, em, f1, ttft = [], [], [], [], []
                 for p, doc_spans, (full_logp, _, full_text) in zip(items, spans, fulls, strict=True):
-                    logp, seconds, past = cached_pass(model, p, doc_spans, ratio)
+                    logp, seconds, past = cached_pass(model, p, doc_spans, ratio, starts)
                     kls.append((full_logp.exp() * (full_logp - logp)).sum(-1).mean().item())
                     text = model.complete(model.as_ids(p.context), params, cache=past).text  # after the cache
                     agree.append(float(text == full_text))
@@ -147,7 +163,7 @@ def measure(model, name: str, examples, ks, sources, ratios, answer_tokens: int,
                     f1.append(token_f1(text, p.answers))
                     ttft.append(seconds)
                 full_ms = 1000 * sum(s for _, s, _ in fulls) / len(fulls)
-                rows.append(Row(name, k, source, ratio, len(items), mean(kls), mean(agree), mean(em), mean(f1),
+                rows.append(Row(name, k, source, ratio, starts, len(items), mean(kls), mean(agree), mean(em), mean(f1),
                                 1000 * mean(ttft), full_ms))  # fmt: skip
                 print(table_line(rows[-1]), flush=True)
     return rows
@@ -157,12 +173,16 @@ def mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-HEADER = "| model | k | cache source | recompute | KL to full | agree | EM | F1 | TTFT ms | full ms | TTFT / full |"
+HEADER = (
+    "| model | k | cache source | recompute | starts | KL to full | agree | EM | F1 | TTFT ms | full ms "
+    "| TTFT / full |"
+)
 
 
 def table_line(r: Row) -> str:
-    return (f"| {r.model} | {r.k} | {r.source} | {r.ratio:g} | {r.kl:.2e} | {r.agree:.0%} | {r.em:.3f} | {r.f1:.3f} "
-            f"| {r.ttft_ms:.0f} | {r.full_ttft_ms:.0f} | {r.ttft_ms / r.full_ttft_ms:.2f} |")  # fmt: skip
+    return (f"| {r.model} | {r.k} | {r.source} | {r.ratio:g} | {r.block_starts} | {r.kl:.2e} | {r.agree:.0%} "
+            f"| {r.em:.3f} | {r.f1:.3f} | {r.ttft_ms:.0f} | {r.full_ttft_ms:.0f} "
+            f"| {r.ttft_ms / r.full_ttft_ms:.2f} |")  # fmt: skip
 
 
 def plot(rows: list[Row], path: Path) -> None:
@@ -172,10 +192,11 @@ def plot(rows: list[Row], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key in sorted({(r.model, r.source, r.k) for r in rows}):
-        line = sorted((r for r in rows if (r.model, r.source, r.k) == key), key=lambda r: r.ratio)
-        ax.plot([r.ttft_ms / r.full_ttft_ms for r in line], [max(r.kl, 1e-6) for r in line], "o-",
-                label=f"{key[0]}, {key[1]}, k={key[2]}")  # fmt: skip
+    for key in sorted({(r.model, r.source, r.k, r.block_starts) for r in rows}):
+        line = sorted((r for r in rows if (r.model, r.source, r.k, r.block_starts) == key), key=lambda r: r.ratio)
+        starts = f", starts {key[3]}" if key[3] else ""
+        ax.plot([r.ttft_ms / r.full_ttft_ms for r in line], [max(r.kl, 1e-6) for r in line], "o-" if not starts
+                else "x--", label=f"{key[0]}, {key[1]}, k={key[2]}{starts}")  # fmt: skip
         for r in line:
             ax.annotate(f"{r.ratio:g}", (r.ttft_ms / r.full_ttft_ms, max(r.kl, 1e-6)), fontsize=7)
     ax.set_xlabel("time to first token / full prefill's")
@@ -197,7 +218,13 @@ def main() -> None:
     sources = ["causal", "bidirectional"]
     parser.add_argument("--sources", nargs="+", default=sources, choices=sources)
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.05, 0.15, 0.3, 1.0])
+    parser.add_argument("--block-starts", type=int, nargs="+", default=[0],
+                        help="also run each partial ratio with the first N tokens of every document always "
+                        "recomputed (grit.recompute's block_starts)")  # fmt: skip
     parser.add_argument("--answer-tokens", type=int, default=16)
+    parser.add_argument("--doc-tokens", type=int, default=0,
+                        help="grow each document with further held-out passages to this many tokens (0: one "
+                        "passage, ~130 tokens), to see recompute's cost at the lengths long chunks have")  # fmt: skip
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/rag_closeness"))
@@ -209,17 +236,21 @@ def main() -> None:
     if not args.data.is_file():
         raise SystemExit(f"{args.data} does not exist (../shared/data is not beside the repository?)")
     examples = read_rag(args.data, heldout_only=True)[: args.questions]
+    pool = sorted({ex.passage for ex in read_rag(args.data, heldout_only=True)})  # filler: held-out text only
     rows = []
     for name in args.model or ["default"]:
         model = GritModel.load(None if name == "default" else name, base_only=name == "base", dtype=args.dtype)
-        rows += measure(model, name, examples, args.k, args.sources, args.ratios, args.answer_tokens, args.seed)
+        grid = recompute_grid(args.ratios, args.block_starts)
+        rows += measure(model, name, examples, args.k, args.sources, grid, args.answer_tokens, args.seed,
+                        args.doc_tokens, pool)  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     machine = describe_machine()
     settings = vars(args) | {"data": str(args.data), "out": str(args.out)}
     result = {"machine": machine, "args": settings, "rows": [asdict(r) for r in rows]}
     (args.out / "closeness.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"{machine}; {args.dtype}; {len(examples)} questions; {args.answer_tokens} greedy tokens", "", HEADER,
-             "|" + "---|" * 11, *map(table_line, rows)]  # fmt: skip
+    docs = f"documents grown to {args.doc_tokens} tokens" if args.doc_tokens else "one passage per document"
+    lines = [f"{machine}; {args.dtype}; {len(examples)} questions; {docs}; {args.answer_tokens} greedy tokens", "",
+             HEADER, "|" + "---|" * 12, *map(table_line, rows)]  # fmt: skip
     (args.out / "closeness.md").write_text("\n".join(lines) + "\n")
     plot(rows, args.out / "closeness.png")
     print(f"wrote {args.out}/closeness.{{json,md,png}}")

@@ -75,11 +75,24 @@ def fresh_keys(base_model: torch.nn.Module, ids: Sequence[int], layer: int) -> t
     return fresh_prefix(base_model, ids, layer)[1].layers[layer].keys[0]
 
 
-def deviating_tokens(fresh: torch.Tensor, cached: torch.Tensor, count: int) -> torch.Tensor:
+def deviating_tokens(fresh: torch.Tensor, cached: torch.Tensor, count: int, forced: torch.Tensor | None = None):
     """The ``count`` token positions (ascending) whose keys (kv_heads, n, head_dim) differ most, by the L2 norm of
-    the difference summed over heads."""
+    the difference summed over heads; ``forced`` positions are always among them and take their share of
+    ``count``."""
     deviation = (fresh.float() - cached.float()).norm(dim=-1).sum(0)  # (n,)
-    return torch.topk(deviation, count).indices.sort().values
+    if forced is None or len(forced) == 0:
+        return torch.topk(deviation, count).indices.sort().values
+    deviation[forced] = float("inf")
+    return torch.topk(deviation, max(count, len(forced))).indices.sort().values
+
+
+def block_start_positions(spans: Sequence[SpanCache], first: int, device) -> torch.Tensor:
+    """The positions of the first ``first`` tokens of every span, joined side by side."""
+    starts, offset = [], 0
+    for span in spans:
+        starts += range(offset, offset + min(first, len(span)))
+        offset += len(span)
+    return torch.tensor(starts, dtype=torch.long, device=device)
 
 
 @torch.inference_mode()
@@ -89,12 +102,17 @@ def recompute_joined(
     ratio: float,
     check_layer: int = 1,
     reposition: bool = True,
+    block_starts: int = 0,
 ):
     """``join_caches`` with the ``ratio`` of tokens that deviate most recomputed (module docstring). Returns the
-    cache (a transformers ``DynamicCache``, batch 1), the ids it stands for, and the recomputed positions."""
+    cache (a transformers ``DynamicCache``, batch 1), the ids it stands for, and the recomputed positions.
+    ``block_starts``: the first that many tokens of each span are always among the recomputed ones (each span's
+    start was an attention sink where it was cached alone), within the same budget."""
     from transformers import DynamicCache
 
     check_recompute_ratio(ratio)
+    if not 0 <= block_starts:
+        raise ValueError(f"block_starts must be >= 0, got {block_starts}")
     cache, ids = join_caches(base_model, spans, reposition)
     n = len(ids)
     count = min(n, math.ceil(ratio * n))
@@ -105,7 +123,8 @@ def recompute_joined(
     if count == n:
         chosen = torch.arange(n, device=device)
     else:
-        chosen = deviating_tokens(fresh.layers[check_layer].keys[0], cache.layers[check_layer].keys[0], count)
+        forced = block_start_positions(spans, block_starts, device)
+        chosen = deviating_tokens(fresh.layers[check_layer].keys[0], cache.layers[check_layer].keys[0], count, forced)
     # The check pass already holds every token's exact states up to check_layer: they replace the joined ones
     # there, and the chosen tokens continue from its hidden states rather than starting again at layer 0.
     dtype = cache.layers[0].keys.dtype

@@ -74,6 +74,12 @@ def tiny_model_path(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def deep_model_path(tmp_path_factory) -> Path:
+    """A 4-layer tiny model, for what needs layers past the first two (selective recompute's check layer)."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama-4"), layers=4)
+
+
+@pytest.fixture(scope="session")
 def tiny_grit(tiny_model_path):
     from grit import GritModel
 

@@ -3,10 +3,9 @@ every token gets a full prefill's states up to the check layer and the chosen to
 
 import pytest
 import torch
-from conftest import build_tiny_model
 
 from grit.kvcache import compute_cache, join_caches, logits_on_cache
-from grit.recompute import deviating_tokens, fresh_keys, recompute_joined
+from grit.recompute import block_start_positions, deviating_tokens, fresh_keys, recompute_joined
 from grit.transformers_compat import cache_argument, returned_cache
 
 TEXTS = [
@@ -58,11 +57,11 @@ def test_recomputing_nothing_is_the_plain_join(tiny_grit, parts):
 
 
 @pytest.fixture(scope="module")
-def deep_grit(tmp_path_factory):
-    """A 4-layer tiny model: with the check at layer 1, two layers are left where only chosen tokens move."""
+def deep_grit(deep_model_path):
+    """With the check at layer 1, the 4-layer tiny model has two layers left where only chosen tokens move."""
     from grit import GritModel
 
-    return GritModel.load(build_tiny_model(tmp_path_factory.mktemp("tiny-4"), layers=4), dtype="float32")
+    return GritModel.load(deep_model_path, dtype="float32")
 
 
 def test_the_most_deviating_tokens_get_the_full_prefills_states(deep_grit):
@@ -112,3 +111,20 @@ def test_a_check_layer_outside_the_model_is_refused(tiny_grit):
     span = compute_cache(tiny_grit.lm.base_model, [5, 6, 7], "causal")
     with pytest.raises(ValueError, match="check_layer must be in 0..1"):
         recompute_joined(tiny_grit.lm.base_model, [span, span], 0.5, check_layer=2)
+
+
+def test_block_starts_are_always_recomputed_within_the_budget(tiny_grit, parts):
+    docs, _, ids, _, _ = parts
+    base = tiny_grit.lm.base_model
+    spans = [compute_cache(base, d, "bidirectional") for d in docs]
+    starts = [sum(len(d) for d in docs[:i]) + j for i in range(len(docs)) for j in range(2)]
+    assert block_start_positions(spans, 2, "cpu").tolist() == starts
+    _, _, plain = recompute_joined(base, spans, 0.3)
+    _, _, chosen = recompute_joined(base, spans, 0.3, block_starts=2)
+    assert len(chosen) == len(plain) == -(-3 * len(ids) // 10)
+    assert set(starts) <= set(chosen.tolist()) and chosen.tolist() == sorted(chosen.tolist())
+    assert not set(starts) <= set(plain.tolist())  # else the test shows nothing
+    _, _, tight = recompute_joined(base, spans, 0.01, block_starts=2)  # a budget under the starts: they all go
+    assert tight.tolist() == starts
+    with pytest.raises(ValueError, match="block_starts must be >= 0"):
+        recompute_joined(base, spans, 0.3, block_starts=-1)

@@ -15,7 +15,8 @@ Cache modes (GritLM, Muennighoff et al. 2024, section 4 and its rag/eval.py):
 
 A cached span is exactly the text the embedding pass saw: ``<|embed|>\\n{document}`` for a document,
 ``<|user|>\\n{query instruction}\\n<|embed|>\\n{question}`` for the question. Document caches are built ahead
-(``RAG.cache_documents``, or on first use) and kept on disk in a ``KVStore``, keyed by what they are (this model's
+(``RAG.cache_documents``, or on first use; bidirectional ones while indexing, from the embedding pass itself:
+``RAG.add_documents``) and kept on disk in a ``KVStore``, keyed by what they are (this model's
 identity, its dtype, the cache source and the chunk's token ids: a replaced document's old states can never answer
 for its new text, and the index evicts them when it replaces or deletes the document); the question's cache comes
 from the embedding pass that retrieval runs anyway. Spans are joined with their keys re-rotated to their real positions
