@@ -48,6 +48,7 @@ class MicroLosses:
     emb: float | None
     gen: float | None
     tokens: int  # real (non-pad) tokens of this process's inputs
+    distill: float | None = None  # the distillation KL inside ``gen`` (data.rag_distill), when the batch had one
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
@@ -81,9 +82,10 @@ def head_is_plain(lm: torch.nn.Module) -> bool:
     return not extra and lm.get_output_embeddings() is not None and hasattr(lm, "get_decoder")
 
 
-def generative(lm: torch.nn.Module, batch: GenerativeBatch, cfg: TrainConfig, d: Dist) -> Tensor:
+def generative(lm: torch.nn.Module, batch: GenerativeBatch, cfg: TrainConfig, d: Dist) -> tuple[Tensor, Tensor | None]:
     """Next-token loss of this process's share of the global batch, times the world size (see module doc), plus
-    ``data.rag_distill`` times the cache-aware rows' ``distillation``."""
+    ``data.rag_distill`` times the cache-aware rows' ``distillation``; and that distillation KL alone (None
+    without it), to log."""
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
     if batch.segments is not None:  # packed rows: each conversation attends causally to itself, from position 0;
         # a cache-aware row's documents each attend only to themselves, as they were cached (batch.blocks)
@@ -104,9 +106,10 @@ def generative(lm: torch.nn.Module, batch: GenerativeBatch, cfg: TrainConfig, d:
     else:
         count = batch.sequences * d.world
     loss = total * d.world / count
-    if distill:
-        loss = loss + cfg.data.rag_distill * distillation(lm, batch, inputs, student, tail, d)
-    return loss
+    if not distill:
+        return loss, None
+    kl = distillation(lm, batch, inputs, student, tail, d)
+    return loss + cfg.data.rag_distill * kl, kl.detach()
 
 
 def rag_tail(batch: GenerativeBatch) -> Tensor:
@@ -152,7 +155,7 @@ def micro_step(
     ``scale`` is 1 / gradient_accumulation.
     """
     device = next(lm.parameters()).device
-    loss_emb = loss_gen = None
+    loss_emb = loss_gen = kl = None
     tokens = 0
     if emb is not None:
         tokens += int(emb.query_padding.sum() + emb.passage_padding.sum())
@@ -176,8 +179,8 @@ def micro_step(
     if gen is not None:
         tokens += int(gen.attention_mask.sum())
         with autocast(device, dtype):
-            loss = generative(lm, gen, cfg, d)
+            loss, kl = generative(lm, gen, cfg, d)
         factor = cfg.loss_gen_factor if cfg.mode == "unified" else 1.0
         (loss * (factor * scale)).backward()
         loss_gen = loss.item()
-    return MicroLosses(loss_emb, loss_gen, tokens)
+    return MicroLosses(loss_emb, loss_gen, tokens, None if kl is None else kl.item())

@@ -17,7 +17,8 @@ single ``compute_loss`` does not fit without copying its internals (as GritLM di
         train_config.json     the run's config, device, dtype and threads resolved (as they ran)
         log.jsonl             one line per step: step, loss, loss_emb, loss_gen, lr, grad_norm (of the gradient the
                               optimizer gets, before clipping unless clip_per_loss), grad_norm_emb and grad_norm_gen
-                              (unified: each loss's own, before clipping), tokens, truncated, seconds (this step's
+                              (unified: each loss's own, before clipping), kl_rag (data.rag_distill's KL, part of
+                              loss_gen; null without it), tokens, truncated, seconds (this step's
                               wall time; tokens / seconds is the throughput). The first line of each start also
                               has placement (device, dtype, threads, CPU capability) and model (the identity of
                               the model training started from, checked on resume)
@@ -224,7 +225,7 @@ def optimizer_step(
     in a run; bench/train.py passes a fixed batch); returns its log record (without the step number)."""
     start = time.perf_counter()
     accum = cfg.gradient_accumulation
-    sums = torch.zeros(4, dtype=torch.float64)  # loss_emb, loss_gen, tokens, truncated
+    sums = torch.zeros(6, dtype=torch.float64)  # loss_emb, loss_gen, tokens, truncated, distill KL, batches with it
     batches = [next_batch() for _ in range(accum)]
     # Unified: the contrastive and the next-token gradients are made one after the other, so each one's norm is
     # known (logged) and, with clip_per_loss, each is clipped on its own before they are added.
@@ -239,7 +240,9 @@ def optimizer_step(
         for emb, gen in part:
             m = micro_step(trainee.lm, emb, gen, cfg, d, scale=1 / accum, dtype=trainee.compute_dtype)
             cut = (emb.truncated if emb else 0) + (gen.truncated if gen else 0)
-            sums += torch.tensor([m.emb or 0.0, m.gen or 0.0, m.tokens, cut], dtype=torch.float64)
+            with_kl = m.distill is not None
+            sums += torch.tensor([m.emb or 0.0, m.gen or 0.0, m.tokens, cut, m.distill or 0.0, with_kl],
+                                 dtype=torch.float64)  # fmt: skip
         all_reduce_grads(params, d)
         if len(parts) > 1:  # one part: its norm is the step's, taken below
             part_norms.append(float(torch.nn.utils.clip_grad_norm_(params, part_limit or math.inf)))
@@ -251,7 +254,7 @@ def optimizer_step(
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    emb_sum, gen_sum, tokens, cut = all_sum(sums, d).tolist()
+    emb_sum, gen_sum, tokens, cut, kl_sum, kl_batches = all_sum(sums, d).tolist()
     loss_emb = emb_sum / (accum * d.world) if cfg.mode != "generative" else None
     loss_gen = gen_sum / (accum * d.world) if cfg.mode != "embedding" else None
     factor = cfg.loss_gen_factor if cfg.mode == "unified" else 1.0
@@ -260,6 +263,9 @@ def optimizer_step(
         "loss": loss,
         "loss_emb": loss_emb,
         "loss_gen": loss_gen,
+        # data.rag_distill's KL (inside loss_gen, times its weight), mean over the micro-batches that had
+        # cache-aware rows; None when none had
+        "kl_rag": kl_sum / kl_batches if kl_batches else None,
         "lr": lr,
         "grad_norm": float(grad_norm),
         "grad_norm_emb": part_norms[0] if cfg.mode == "unified" else None,
@@ -276,7 +282,8 @@ def show_progress(bar: tqdm, record: dict[str, Any], cfg: TrainConfig, total: in
     bar.update(1)
     step = record["step"]
     if main and cfg.log_every and (step % cfg.log_every == 0 or step == total):
-        parts = [f"{key[5:]} {record[key]:.4f}" for key in ("loss_emb", "loss_gen") if record[key] is not None]
+        parts = [f"{name} {record[key]:.4f}" for key, name in (("loss_emb", "emb"), ("loss_gen", "gen"),
+                 ("kl_rag", "rag kl")) if record.get(key) is not None]  # fmt: skip
         log.info("step %d/%d loss %.4f (%s) lr %.2e %.0f tok/s", step, total, record["loss"], ", ".join(parts),
                  record["lr"], rate)  # fmt: skip
 

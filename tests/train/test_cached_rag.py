@@ -140,7 +140,9 @@ def test_rows_train_beside_chats_in_one_step(tiny_model_path, dataset):
         batch = collate_generative(model.tokenizer, examples, FMT, 128, width_cost, 64)
         cfg = TrainConfig(mode="generative", data=DataConfig(generative_files=["g.jsonl"], pack=bool(width_cost)))
         with torch.no_grad():
-            losses.append(generative(model.lm, batch, cfg, Dist()).item())
+            loss, kl = generative(model.lm, batch, cfg, Dist())
+            assert kl is None  # data.rag_distill is 0
+            losses.append(loss.item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-5) and losses[0] > 0
     model.lm.zero_grad()
     micro_step(model.lm, None, batch, cfg, Dist())
@@ -202,8 +204,10 @@ def test_distillation_is_zero_where_cached_reading_is_exact_and_trains_only_the_
     base = TrainConfig(mode="generative", data=DataConfig(generative_files=["g.jsonl"], pack=pack))
     with_kl = TrainConfig(mode="generative", data=DataConfig(generative_files=["g.jsonl"], pack=pack, rag_distill=2.0))
     with torch.no_grad():
-        plain, distilled = (generative(lm, batch, c, Dist()).item() for c in (base, with_kl))
-    assert distilled == pytest.approx(plain + 2.0 * kl, rel=1e-4)
+        (plain, no_kl), (distilled, logged) = (generative(lm, batch, c, Dist()) for c in (base, with_kl))
+    assert no_kl is None and logged.item() == pytest.approx(kl, rel=1e-4)
+    assert distilled.item() == pytest.approx(plain.item() + 2.0 * kl, rel=1e-4)
+    assert micro_step(lm, None, batch, with_kl, Dist()).distill == pytest.approx(kl, rel=1e-4)
     lm.zero_grad()
     loss = student_distillation(lm, batch)
     loss.backward()

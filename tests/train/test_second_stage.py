@@ -86,9 +86,12 @@ def test_a_run_records_what_it_trained_on(first_stage):
 def test_cache_aware_training_sets_the_cache_rag_reads(tiny_model_path, train_data, tmp_path, attention, source):
     rag_file = write_jsonl(tmp_path / "rag.jsonl", RAG_ROWS)
     files = "data.generative_files=" + json.dumps([str(train_data[1]), str(rag_file)])
+    distill = 1.0 if attention == "bidirectional" else 0.0  # and the log shows the distillation KL when it is on
     cfg = tiny_config(tiny_model_path, train_data, tmp_path / "out", *LORA, f"data.rag_cache_attention={attention}",
-                      files, max_steps=1)  # fmt: skip
+                      files, f"data.rag_distill={distill}", max_steps=3)  # fmt: skip
     final = train(cfg)
+    kls = [line["kl_rag"] for line in read_log(tmp_path / "out")]
+    assert any(kl is not None and kl > 0 for kl in kls) if distill else kls == [None] * 3
     for folder in (final, tmp_path / "out" / "adapter"):
         record = json.loads((folder / TRAINING_RECORD).read_text())
         assert record["examples"]["cached_rag"] == 3 and record["rag_cache_attention"] == attention
