@@ -14,7 +14,8 @@ it, then the question in RAG's words (``RagFormat.after_docs``). Per setting:
     agree       share of questions whose greedy answer (``--answer-tokens``) equals the full prefill's
     em, f1      of the cached greedy answer against the references (SQuAD normalisation, grit.eval.metrics)
     ttft        time to the first answer token with the document caches ready (index time is not counted):
-                join (+ recompute) + one forward over the question, against a full prefill's forward
+                join (+ recompute, which runs the question turn in its own passes, as RAG does) + the forward
+                over what is left of the question, against a full prefill's forward
 
 Settings: k, the cache source (causal, or bidirectional: the embedding pass's own states) and ``recompute_ratio``
 (``grit.recompute``). Writes closeness.json, closeness.md and closeness.png (KL against TTFT, one curve per model,
@@ -106,24 +107,27 @@ def full_pass(model, p: Prompt) -> tuple[torch.Tensor, float]:
 @torch.inference_mode()
 def cached_pass(model, p: Prompt, spans, ratio: float, starts: int = 0) -> tuple[torch.Tensor, float, object]:
     """Log-probabilities over the answer tokens on the joined (and recomputed) caches, the seconds to the first
-    answer token, and the documents' cache again (cut back to them) for greedy decoding."""
+    answer token, and the cache again (cut back to what precedes the answer's prefill) for greedy decoding. With
+    recompute, the question turn but its last token runs in the recompute's own passes, as RAG does."""
     from grit.recompute import recompute_joined
     from grit.transformers_compat import cache_argument, crop_cache
 
-    n = sum(len(d) for d in p.docs)
+    fused = p.tail[:-1] if ratio else []
+    at = sum(len(d) for d in p.docs) + len(fused)  # what the cache holds before the prefill below
+    rest = p.tail[len(fused) :]
 
     def run(tokens: list[int], past, **options):
-        where = torch.arange(n, n + len(tokens), device=model.device)[None]
+        where = torch.arange(at, at + len(tokens), device=model.device)[None]
         out = model.lm(input_ids=model.as_ids(tokens), position_ids=where, use_cache=True, **cache_argument(past),
                        **options)  # fmt: skip
-        crop_cache(past, n)  # back to the documents alone, for the next use
+        crop_cache(past, at)  # back to where it was, for the next use
         return out
 
     start = time.perf_counter()
-    past = recompute_joined(model.lm.base_model, spans, ratio, block_starts=starts)[0]
-    run(p.tail, past, logits_to_keep=1)  # as the full pass and RAG's own prefill: the last position's logits only
+    past = recompute_joined(model.lm.base_model, spans, ratio, block_starts=starts, suffix=fused)[0]
+    run(rest, past, logits_to_keep=1)  # as the full pass and RAG's own prefill: the last position's logits only
     seconds = time.perf_counter() - start
-    logits = run(p.tail + p.answer, past).logits[0, len(p.tail) - 1 : -1]
+    logits = run(rest + p.answer, past).logits[0, len(rest) - 1 : -1]
     return torch.log_softmax(logits.float(), -1), seconds, past
 
 

@@ -431,14 +431,17 @@ class GritModel:
         """Whether a cached span has this model's shapes (a file from another model does not)."""
         return span_fits(self.lm.base_model, span)
 
-    def joined_cache(self, spans: Sequence[SpanCache], reposition: bool = True, recompute_ratio: float = 0.0):
+    def joined_cache(self, spans: Sequence[SpanCache], reposition: bool = True, recompute_ratio: float = 0.0,
+                     suffix: Sequence[int] = ()):  # fmt: skip
         """Cached spans side by side as one cache that generation continues from, each re-rotated to its place;
         ``recompute_ratio`` of their tokens, those that deviate most, recomputed across spans
-        (``grit.recompute``: 0 the plain join, 1 a full prefill)."""
-        if recompute_ratio:
+        (``grit.recompute``: 0 the plain join, 1 a full prefill). ``suffix``: token ids after the spans, run in
+        the same passes as the recompute and added to the cache (recompute then costs no pass of its own)."""
+        if recompute_ratio or suffix:
             from grit.recompute import recompute_joined
 
-            return recompute_joined(self.lm.base_model, spans, recompute_ratio, reposition=reposition)[0]
+            return recompute_joined(self.lm.base_model, spans, recompute_ratio, reposition=reposition,
+                                    suffix=suffix)[0]  # fmt: skip
         return join_caches(self.lm.base_model, spans, reposition)[0]
 
     def as_ids(self, ids: torch.Tensor | Sequence[int]) -> torch.Tensor:

@@ -103,37 +103,54 @@ def recompute_joined(
     check_layer: int = 1,
     reposition: bool = True,
     block_starts: int = 0,
+    suffix: Sequence[int] = (),
 ):
     """``join_caches`` with the ``ratio`` of tokens that deviate most recomputed (module docstring). Returns the
     cache (a transformers ``DynamicCache``, batch 1), the ids it stands for, and the recomputed positions.
-    ``block_starts``: the first that many tokens of each span are always among the recomputed ones (each span's
-    start was an attention sink where it was cached alone), within the same budget."""
+
+    ``suffix``: tokens that follow the spans (RAG's question turn), computed in the same passes and added to the
+    cache: the check pass covers them too, and they go through the layers above it together with the recomputed
+    tokens, so recompute costs no pass of its own beside the suffix's prefill (on a CPU a pass has a large fixed
+    cost: thirty layers of small matrix products). The result equals recomputing first and running the suffix on
+    top. ``block_starts``: the first that many tokens of each span are always among the recomputed ones (each
+    span's start was an attention sink where it was cached alone), within the same budget."""
     from transformers import DynamicCache
 
     check_recompute_ratio(ratio)
     if not 0 <= block_starts:
         raise ValueError(f"block_starts must be >= 0, got {block_starts}")
     cache, ids = join_caches(base_model, spans, reposition)
-    n = len(ids)
+    n, after = len(ids), list(suffix)
     count = min(n, math.ceil(ratio * n))
     device = next(base_model.parameters()).device
+    tail = torch.arange(n, n + len(after), device=device)
     if count == 0:
-        return cache, ids, torch.zeros(0, dtype=torch.long, device=device)
-    hidden, fresh = fresh_prefix(base_model, ids, check_layer)
+        if after:
+            base_model(input_ids=torch.tensor([after], device=device), position_ids=tail[None], use_cache=True,
+                       **cache_argument(cache))  # fmt: skip
+        return cache, ids + after, torch.zeros(0, dtype=torch.long, device=device)
+    hidden, fresh = fresh_prefix(base_model, ids + after, check_layer)
     if count == n:
         chosen = torch.arange(n, device=device)
     else:
         forced = block_start_positions(spans, block_starts, device)
-        chosen = deviating_tokens(fresh.layers[check_layer].keys[0], cache.layers[check_layer].keys[0], count, forced)
+        checked = fresh.layers[check_layer].keys[0][:, :n]
+        chosen = deviating_tokens(checked, cache.layers[check_layer].keys[0], count, forced)
     # The check pass already holds every token's exact states up to check_layer: they replace the joined ones
-    # there, and the chosen tokens continue from its hidden states rather than starting again at layer 0.
+    # there, and the chosen tokens (and the suffix) continue from its hidden states rather than starting again at
+    # layer 0. Above it, the suffix's places are written by the pass itself before anything attends to them.
     dtype = cache.layers[0].keys.dtype
+
+    def room(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat((t, t.new_zeros(*t.shape[:2], len(after), t.shape[3])), dim=2)
+
     layers = [(fresh.layers[i].keys.to(dtype), fresh.layers[i].values.to(dtype)) if i <= check_layer
-              else (layer.keys, layer.values) for i, layer in enumerate(cache.layers)]  # fmt: skip
-    writer = overwriting_cache_class()(layers, base_model.config, chosen)
-    run_layers(base_model, hidden[:, chosen], chosen, n, writer, range(check_layer + 1, len(layers)))
+              else (room(layer.keys), room(layer.values)) for i, layer in enumerate(cache.layers)]  # fmt: skip
+    moving = torch.cat((chosen, tail))
+    writer = overwriting_cache_class()(layers, base_model.config, moving)
+    run_layers(base_model, hidden[:, moving], moving, n + len(after), writer, range(check_layer + 1, len(layers)))
     joined = DynamicCache([(layer.keys, layer.values) for layer in writer.layers], config=base_model.config)
-    return joined, ids, chosen
+    return joined, ids + after, chosen
 
 
 @functools.cache

@@ -128,3 +128,31 @@ def test_block_starts_are_always_recomputed_within_the_budget(tiny_grit, parts):
     assert tight.tolist() == starts
     with pytest.raises(ValueError, match="block_starts must be >= 0"):
         recompute_joined(base, spans, 0.3, block_starts=-1)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.3, 1.0])
+def test_a_suffix_run_in_the_recompute_passes_equals_running_it_after(deep_grit, ratio):
+    """RAG hands the question turn to the recompute so that it needs no pass of its own: the cache (every layer,
+    every position) and the next-token logits equal recomputing first and running the question on top."""
+    docs = [deep_grit.embedding_ids(t) for t in TEXTS]
+    tail = deep_grit.chat_ids([{"role": "user", "content": "Which module logs events?"}], before="\n")
+    base = deep_grit.lm.base_model
+    spans = [compute_cache(base, d, "bidirectional") for d in docs]
+    n = sum(len(d) for d in docs)
+    fused, ids, chosen = recompute_joined(base, spans, ratio, suffix=tail[:-1])
+    apart, _, chosen_apart = recompute_joined(base, spans, ratio)
+    tail_logits(deep_grit.lm, apart, n, tail[:-1])  # the question on top, the way it was before
+    assert ids == [t for d in docs for t in d] + tail[:-1] and torch.equal(chosen, chosen_apart)
+    assert fused.get_seq_length() == apart.get_seq_length() == n + len(tail) - 1
+    for a, b in zip(fused.layers, apart.layers, strict=True):
+        torch.testing.assert_close(a.keys, b.keys, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a.values, b.values, atol=1e-5, rtol=1e-5)
+    last = n + len(tail) - 1
+    torch.testing.assert_close(tail_logits(deep_grit.lm, fused, last, tail[-1:]),
+                               tail_logits(deep_grit.lm, apart, last, tail[-1:]), atol=1e-4, rtol=1e-4)  # fmt: skip
+    if ratio == 1.0:  # and all of it recomputed is a full prefill of documents and question
+        with torch.inference_mode():
+            full = deep_grit.lm(input_ids=torch.tensor([ids + tail[-1:]])).logits[0, -1]
+        fresh = recompute_joined(base, spans, 1.0, suffix=tail[:-1])[0]
+        torch.testing.assert_close(tail_logits(deep_grit.lm, fresh, last, tail[-1:])[-1], full, atol=1e-4,
+                                   rtol=1e-4)  # fmt: skip

@@ -321,7 +321,10 @@ class RAG:
             start = time.perf_counter()
             past = None
             if layout.spans:
-                past = self.model.joined_cache(layout.spans, self.reposition, recompute_ratio)
+                # With recompute, the prompt after the spans goes through the recompute's own passes, all but its
+                # last token (whose logits generation's prefill computes)
+                rest = layout.tail[:-1] if recompute_ratio else []
+                past = self.model.joined_cache(layout.spans, self.reposition, recompute_ratio, rest)
             seconds["join"] = time.perf_counter() - start
         return hits, layout, seconds, ids, past
 
