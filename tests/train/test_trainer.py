@@ -39,6 +39,7 @@ def test_each_mode_lowers_its_loss(tiny_model_path, train_data, tmp_path, mode):
         "loss",
         "loss_emb",
         "loss_gen",
+        "kl_rag",
         "lr",
         "grad_norm",
         "grad_norm_emb",
