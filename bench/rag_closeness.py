@@ -239,8 +239,9 @@ def main() -> None:
 
     if not args.data.is_file():
         raise SystemExit(f"{args.data} does not exist (../shared/data is not beside the repository?)")
-    examples = read_rag(args.data, heldout_only=True)[: args.questions]
-    pool = sorted({ex.passage for ex in read_rag(args.data, heldout_only=True)})  # filler: held-out text only
+    heldout = read_rag(args.data, heldout_only=True)
+    examples = heldout[: args.questions]
+    pool = sorted({ex.passage for ex in heldout})  # filler for --doc-tokens: held-out text only
     rows = []
     for name in args.model or ["default"]:
         model = GritModel.load(None if name == "default" else name, base_only=name == "base", dtype=args.dtype)
