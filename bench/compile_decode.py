@@ -3,10 +3,10 @@ faster? Not yet wired into grit: this is what the decision rests on.
 
     python bench/compile_decode.py [DTYPE] [THREADS]     # default bfloat16, 1 thread
 
-One greedy generation of 64 tokens of the default model (without the GRIT adapter's effect on speed: same
-architecture) from a transformers ``StaticCache`` (fixed shapes, so one compiled graph serves every step): eager
-steps, then the same steps through ``torch.compile(dynamic=False)`` (inductor's C++ kernels), the first compiled
-run including the compile. Prints the median step time of each and whether the greedy tokens are identical.
+One greedy generation of 64 tokens of the default model (SmolLM2-135M-Instruct with the GRIT adapter) from a
+transformers ``StaticCache`` (fixed shapes, so one compiled graph serves every step): eager steps, then the same
+steps through ``torch.compile(dynamic=False)`` (inductor's C++ kernels), the first compiled run including the
+compile. Prints the median step time of each and whether the greedy tokens are identical.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def main() -> None:
                 token = step_fn(token, torch.tensor([width + i]), cache)[:, -1].argmax(-1, keepdim=True)
                 times.append(time.perf_counter() - began)
                 tokens.append(int(token))
-        median = sorted(times[4:])[len(times[4:]) // 2]
+        steady = sorted(times[4:])  # the first steps warm caches and allocators
+        median = steady[len(steady) // 2]
         print(f"{label}: median step {1000 * median:.1f} ms, {1 / median:.1f} tokens/s", flush=True)
         return tokens
 

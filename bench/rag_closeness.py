@@ -109,10 +109,10 @@ def cached_pass(model, p: Prompt, spans, ratio: float, starts: int = 0) -> tuple
     """Log-probabilities over the answer tokens on the joined (and recomputed) caches, the seconds to the first
     answer token, and the cache again (cut back to what precedes the answer's prefill) for greedy decoding. With
     recompute, the question turn but its last token runs in the recompute's own passes, as RAG does."""
-    from grit.recompute import recompute_joined
+    from grit.recompute import fused_suffix, recompute_joined
     from grit.transformers_compat import cache_argument, crop_cache
 
-    fused = p.tail[:-1] if ratio else []
+    fused = fused_suffix(p.tail, ratio)  # as RAG does
     at = sum(len(d) for d in p.docs) + len(fused)  # what the cache holds before the prefill below
     rest = p.tail[len(fused) :]
 

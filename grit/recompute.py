@@ -95,6 +95,13 @@ def block_start_positions(spans: Sequence[SpanCache], first: int, device) -> tor
     return torch.tensor(starts, dtype=torch.long, device=device)
 
 
+def fused_suffix(prompt_after_spans: Sequence[int], ratio: float) -> list[int]:
+    """What of the prompt after the joined spans should run inside the recompute's passes (``recompute_joined``'s
+    ``suffix``): with recompute, all of it but its last token, whose logits the generation's own prefill computes;
+    without, none (the plain join has no pass to share)."""
+    return list(prompt_after_spans[:-1]) if ratio else []
+
+
 @torch.inference_mode()
 def recompute_joined(
     base_model: torch.nn.Module,

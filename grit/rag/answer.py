@@ -47,7 +47,7 @@ from grit.kvcache import CacheAttention, SpanCache
 from grit.model import GritModel, sampling
 from grit.rag.kvstore import CacheKey, KVStore, store_folder
 from grit.rag.modes import CACHE_MODES, CacheMode, RagFormat
-from grit.recompute import check_recompute_ratio
+from grit.recompute import check_recompute_ratio, fused_suffix
 from grit.text import check_text
 
 log = logging.getLogger(__name__)
@@ -321,10 +321,8 @@ class RAG:
             start = time.perf_counter()
             past = None
             if layout.spans:
-                # With recompute, the prompt after the spans goes through the recompute's own passes, all but its
-                # last token (whose logits generation's prefill computes)
-                rest = layout.tail[:-1] if recompute_ratio else []
-                past = self.model.joined_cache(layout.spans, self.reposition, recompute_ratio, rest)
+                fused = fused_suffix(layout.tail, recompute_ratio)
+                past = self.model.joined_cache(layout.spans, self.reposition, recompute_ratio, fused)
             seconds["join"] = time.perf_counter() - start
         return hits, layout, seconds, ids, past
 
