@@ -107,14 +107,17 @@ class SavedSettings:
                 source = trained_cache_source(folder / TRAINING_RECORD)
                 return cls(values.get("model"), values.get("pooling", "mean"), attention, trained=True,
                            rag_cache_source=source)  # fmt: skip
-            source = values.get("rag_cache_source")
-            if source not in (None, "bidirectional", "causal"):
-                raise ValueError(
-                    f"{str(path)!r}: rag_cache_source must be 'bidirectional' or 'causal', got {source!r}"
-                )
+            source = checked_cache_source(path, values.get("rag_cache_source"))
             fields = ("pooling", "format", "prompts", "truncate_dim", "similarity_fn_name")
             return cls(attention=attention, rag_cache_source=source, **{k: values.get(k) for k in fields})
         return None
+
+
+def checked_cache_source(path: Path, source: Any) -> Literal["bidirectional", "causal"] | None:
+    """``source`` as a recorded RAG cache source (None: not recorded), or a ValueError naming ``path``."""
+    if source not in (None, "bidirectional", "causal"):
+        raise ValueError(f"{str(path)!r}: rag_cache_source must be 'bidirectional' or 'causal', got {source!r}")
+    return source
 
 
 def read_object(path: Path) -> dict[str, Any]:
@@ -149,10 +152,8 @@ def trained_cache_source(path: Path) -> Literal["bidirectional", "causal"] | Non
         raise ValueError(
             f"{str(path)!r}: rag_cache_attention must be bidirectional, causal or mixed, got {attention!r}"
         )
-    chosen = record.get("rag_cache_source")
+    chosen = checked_cache_source(path, record.get("rag_cache_source"))
     if chosen is not None:
-        if chosen not in ("bidirectional", "causal"):
-            raise ValueError(f"{str(path)!r}: rag_cache_source must be 'bidirectional' or 'causal', got {chosen!r}")
         return chosen
     return None if attention is None else "causal" if attention == "causal" else "bidirectional"
 

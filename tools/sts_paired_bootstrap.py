@@ -1,6 +1,7 @@
 """Is one model's STS Spearman really above another's? A paired bootstrap over the same pairs.
 
-Both models embed every pair of the STS file (the compare suite's instruction and rows); the pairs are resampled with
+Both models embed every pair of an STS task of the compare suite (its file, instruction and rows: the suite's own
+``STSTask``, STS-B by default); the pairs are resampled with
 replacement 10,000 times and each model's Spearman recomputed on each resample (scipy's ``bootstrap``, paired, BCa),
 which gives a confidence interval for the difference. A difference whose interval holds zero is not one this test
 set can tell apart from sampling noise.
@@ -16,38 +17,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
 
-from grit import instructions
-from grit.embedding import normalize_rows
-from grit.eval import data
+from grit.eval.embedding_tasks import STSTask
 from grit.eval.metrics import spearman
-from grit.eval.tasks import encode
+from grit.eval.run import all_tasks, default_data_dir
+from grit.hardware import describe_machine
 from grit.model import GritModel
-
-log = logging.getLogger("sts_paired_bootstrap")
-
-DEFAULT_STS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sts" / "stsb-test.jsonl"
-
-
-def pair_cosines(model_path: str, sentence_pairs: list[data.StsPair], dtype: str, threads: int) -> np.ndarray:
-    """(n,) cosine of each pair under the model at ``model_path``, as the compare suite's STS task computes it."""
-    model = GritModel.load(model_path, dtype=dtype, threads=threads)
-    instruction = instructions.GRITLM_E5["STSBenchmark"]
-    a = normalize_rows(encode(model, [p.sentence1 for p in sentence_pairs], instruction))
-    b = normalize_rows(encode(model, [p.sentence2 for p in sentence_pairs], instruction))
-    return np.sum(a * b, axis=1)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_a", help="the reference model (a folder, an adapter folder or a .gguf)")
     parser.add_argument("model_b", help="the model compared with it")
-    parser.add_argument("--sts", type=Path, default=DEFAULT_STS, help="STS JSONL file (default: STS-B test)")
+    parser.add_argument("--task", default="stsb", help="the compare suite's STS task (default: stsb)")
+    parser.add_argument("--data", type=Path, default=None, help="the shared data folder (default: grit eval's)")
     parser.add_argument("--resamples", type=int, default=10_000)
     parser.add_argument("--dtype", default="float32", help="the compare suite runs float32")
     parser.add_argument("--threads", type=int, default=2)
@@ -58,10 +45,14 @@ def main() -> None:
     if args.resamples < 100:
         parser.error("--resamples must be at least 100 for a 95% interval")
 
-    sentence_pairs = data.read_sts(args.sts)
-    gold = np.array([p.score for p in sentence_pairs], dtype=np.float64)
-    cos_a = pair_cosines(args.model_a, sentence_pairs, args.dtype, args.threads)
-    cos_b = pair_cosines(args.model_b, sentence_pairs, args.dtype, args.threads)
+    sts_tasks = {t.name: t for t in all_tasks(args.data or default_data_dir()) if isinstance(t, STSTask)}
+    if args.task not in sts_tasks:
+        parser.error(f"unknown STS task {args.task!r}; the suite's are {', '.join(sorted(sts_tasks))}")
+    task = sts_tasks[args.task]
+    if not task.path.is_file():
+        parser.error(f"{task.path} does not exist (pass --data, the shared data folder)")
+    cos_a, gold = task.pair_cosines(GritModel.load(args.model_a, dtype=args.dtype, threads=args.threads))
+    cos_b, _ = task.pair_cosines(GritModel.load(args.model_b, dtype=args.dtype, threads=args.threads))
 
     def difference(ca: np.ndarray, cb: np.ndarray, g: np.ndarray) -> float:
         return spearman(cb, g) - spearman(ca, g)
@@ -78,8 +69,9 @@ def main() -> None:
     )
     share_b_better = float(np.mean(np.asarray(result.bootstrap_distribution) > 0))
     report = {
-        "sts_file": str(args.sts),
-        "pairs": len(sentence_pairs),
+        "task": task.name,
+        "sts_file": task.path.name,
+        "pairs": len(gold),
         "model_a": args.model_a,
         "model_b": args.model_b,
         "spearman_a": spearman(cos_a, gold),
@@ -91,11 +83,11 @@ def main() -> None:
         "method": "scipy.stats.bootstrap, paired, BCa",
         "dtype": args.dtype,
         "threads": args.threads,
-        "host": platform.processor() or platform.machine(),
+        "machine": describe_machine(),
     }
     low, high = report["ci95"]
     print(
-        f"{len(sentence_pairs)} pairs: Spearman A {report['spearman_a']:.4f}, B {report['spearman_b']:.4f}; "
+        f"{len(gold)} pairs: Spearman A {report['spearman_a']:.4f}, B {report['spearman_b']:.4f}; "
         f"B - A = {report['difference_b_minus_a']:+.4f}, 95% CI [{low:+.4f}, {high:+.4f}]; "
         f"B better in {share_b_better:.1%} of resamples"
     )

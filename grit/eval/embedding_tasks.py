@@ -49,14 +49,18 @@ class STSTask:
     def limited(self, n: int | None) -> STSTask:
         return dataclasses.replace(self, limit=min_limit(self.limit, n))
 
-    def evaluate(self, model: Any, cache: EmbeddingCache | None = None) -> Scores:
+    def pair_cosines(self, model: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(n,) cosine of each scored pair under ``model`` and (n,) its gold score: what ``evaluate`` correlates
+        (tools/sts_paired_bootstrap.py resamples them)."""
         pairs = data.sample(data.read_sts(self.path), self.limit)
         a = normalize_rows(encode(model, [p.sentence1 for p in pairs], self.instruction))
         b = normalize_rows(encode(model, [p.sentence2 for p in pairs], self.instruction))
-        cosine = np.sum(a * b, axis=1)  # (n,)
-        gold = [p.score for p in pairs]
+        return np.sum(a * b, axis=1), np.array([p.score for p in pairs], dtype=np.float64)
+
+    def evaluate(self, model: Any, cache: EmbeddingCache | None = None) -> Scores:
+        cosine, gold = self.pair_cosines(model)
         return Scores(
-            {"spearman": metrics.spearman(cosine, gold), "pearson": metrics.pearson(cosine, gold)}, len(pairs)
+            {"spearman": metrics.spearman(cosine, gold), "pearson": metrics.pearson(cosine, gold)}, len(gold)
         )
 
 
