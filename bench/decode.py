@@ -10,6 +10,8 @@ Each configuration runs in a fresh process (OpenMP reads its environment once, a
   - batched: ``--concurrent`` generations started together through the decoder: aggregate tokens/s;
   - in turn: the same generations on threads that share the model through ``FairGate`` (the server without
     continuous batching): aggregate tokens/s.
+Settings: ``server`` loads the model on a ``ModelThread`` and runs every forward pass there, as ``grit serve`` does;
+the others run them on the calling threads (the decoder's steps on one thread of their own).
 "Busy" runs the same beside a second process that multiplies matrices on every core with torch's default threads
 (another model, an index build: a server rarely has its cores to itself). Prompts are AdversarialQA questions from
 ../shared/data, in the chat format. Writes bench/results/decode.json and prints a table.
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -39,19 +42,22 @@ def questions(n: int) -> list[str]:
         return [json.loads(line)["question"] for line, _ in zip(f, range(n), strict=False)]
 
 
-def measure(dtype: str, tokens: int, concurrent: int, model_path: str | None) -> dict:
-    """In this process: the three measurements for one dtype."""
+def measure(dtype: str, tokens: int, concurrent: int, model_path: str | None, model_thread: bool) -> dict:
+    """In this process: the three measurements for one dtype. With ``model_thread``, as ``grit serve`` runs: the
+    model is loaded on a ``ModelThread`` and every forward pass runs there (decoding steps on all threads)."""
     import torch
 
     from grit import GritModel
     from grit.decoding import ContinuousDecoder
     from grit.generation import SamplingParams, complete
-    from grit.serve.scheduler import FairGate
+    from grit.serve.scheduler import FairGate, ModelThread
 
-    model = GritModel.load(model_path, dtype=dtype, device="cpu")
+    worker = ModelThread() if model_thread else None
+    load = partial(GritModel.load, model_path, dtype=dtype, device="cpu")
+    model = worker.call(load) if worker else load()
     prompts = [model.prompt_ids([{"role": "user", "content": q}], tokens) for q in questions(concurrent)]
     params = SamplingParams(tokens, min_new_tokens=tokens)  # greedy, fixed length
-    decoder = ContinuousDecoder(model.lm, model.tokenizer, FairGate(), max_batch=concurrent)
+    decoder = ContinuousDecoder(model.lm, model.tokenizer, FairGate(worker), max_batch=concurrent)
     first = []
     decoder.on_first_token = first.append
     decoder.generate(prompts[0], SamplingParams(4, min_new_tokens=4))  # warm-up
@@ -64,7 +70,7 @@ def measure(dtype: str, tokens: int, concurrent: int, model_path: str | None) ->
         f.result()
     batched_s = time.perf_counter() - start
     decoder.close()
-    gate = FairGate()
+    gate = FairGate(worker)
     threads = [threading.Thread(target=complete, args=(model.lm, model.tokenizer, p, params), kwargs={"gate": gate})
                for p in prompts]  # fmt: skip
     start = time.perf_counter()
@@ -77,6 +83,8 @@ def measure(dtype: str, tokens: int, concurrent: int, model_path: str | None) ->
         "dtype": dtype,
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "model_thread": model_thread,
+        "decode_threads": decoder.threads or torch.get_num_threads(),
         "time_to_first_token_s": first[0],
         "single_tokens_per_s": (tokens - 1) / (single_s - first[0]),
         "batched_tokens_per_s": concurrent * tokens / batched_s,
@@ -88,6 +96,7 @@ def run_child(config: dict, busy: bool, args) -> dict:
     env = {**os.environ, **config.get("env", {})}
     command = [sys.executable, __file__, "--child", config["dtype"], "--tokens", str(args.tokens),
                "--concurrent", str(args.concurrent)] + (["--model", args.model] if args.model else [])  # fmt: skip
+    command += ["--model-thread"] if config.get("model_thread") else []
     hog = subprocess.Popen([sys.executable, "-c", BUSY]) if busy else None
     try:
         out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
@@ -107,16 +116,20 @@ def main() -> None:
     p.add_argument("--concurrent", type=int, default=8)
     p.add_argument("--dtypes", default=None, help="comma-separated (default: float32, and bfloat16 where native)")
     p.add_argument("--busy", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--settings", default="default,passive,one-thread",
-                   help="default; passive (OMP_WAIT_POLICY=PASSIVE); one-thread (GRIT_THREADS=1)")  # fmt: skip
+    p.add_argument("--settings", default="default,server,passive,one-thread",
+                   help="default; server (a model thread, as grit serve runs); passive (OMP_WAIT_POLICY=PASSIVE); "
+                        "one-thread (GRIT_THREADS=1)")  # fmt: skip
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--model-thread", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child, args.tokens, args.concurrent, args.model)))
+        print(json.dumps(measure(args.child, args.tokens, args.concurrent, args.model, args.model_thread)))
         return
     dtypes = args.dtypes.split(",") if args.dtypes else ["float32"] + (["bfloat16"] if cpu_has_fast_bf16() else [])
-    settings = {"default": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "one-thread": {"GRIT_THREADS": "1"}}
-    configs = [{"name": s, "dtype": d, "env": settings[s]} for s in args.settings.split(",") for d in dtypes]
+    settings = {"default": {}, "server": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+                "one-thread": {"GRIT_THREADS": "1"}}  # fmt: skip
+    configs = [{"name": s, "dtype": d, "env": settings[s], "model_thread": s == "server"}
+               for s in args.settings.split(",") for d in dtypes]  # fmt: skip
     rows = []
     for config in configs:
         for busy in [False, True] if args.busy else [False]:

@@ -7,15 +7,16 @@ token for all of them, as vLLM's and llama.cpp's servers do.
 
 How it runs:
 
-* A caller's own thread **prefills** its prompt (in chunks that offer the model between them, as
-  ``grit.generation.prefill`` does, on top of a RAG cache when there is one), samples the first token and hands the
-  sequence to the decoder. Prefill is not batched: on a CPU it is bound by arithmetic already, and chunks of one
-  prompt interleave with the others' decoding steps instead of stalling them for the whole prompt.
+* A caller **prefills** its prompt under the gate (in chunks that offer the model between them, as
+  ``grit.generation.prefill`` does, on top of a RAG cache when there is one; the forward passes run where the gate
+  runs the model's work, ``Gate.run``), samples the first token and hands the sequence to the decoder. Prefill is
+  not batched: on a CPU it is bound by arithmetic already, and chunks of one prompt interleave with the others'
+  decoding steps instead of stalling them for the whole prompt.
 * One **decoding thread** owns the batch: left-padded key/value caches of the active sequences, an attention mask
   that hides the padding, each sequence's own position. Between steps new sequences join (their cache is padded to
   the batch's width) and finished ones leave (their rows are dropped, and columns that only padding used).
   The decoder holds the model's gate for one step at a time, so embedding batches and other prefills get the model
-  between steps.
+  between steps; the step itself runs where the gate runs the model's work (``Gate.run``).
 * Each sequence keeps its own sampling settings, stop strings, cancel event and **its own random generator**: a
   seeded answer is drawn from the same numbers whatever else is in the batch, and equals the seeded answer of
   ``grit.generation.complete`` (transformers' order: minimum length, temperature, top-p, softmax, multinomial).
@@ -38,6 +39,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -149,7 +151,8 @@ class ContinuousDecoder:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.lm, self.tokenizer, self.gate, self.max_batch = lm, tokenizer, gate, max_batch
         self.device = next(lm.parameters()).device
-        # Decoding steps on the CPU run on fewer threads than prefill (grit.hardware's module doc says why).
+        # Decoding steps on the CPU run on fewer threads than prefill (grit.hardware's module doc says why), where
+        # the gate runs the model's work (a server's model thread).
         self.threads = threads or (decode_threads(torch.get_num_threads()) if self.device.type == "cpu" else 0)
         self._joining: deque[tuple[Row, object]] = deque()
         self._wake = threading.Condition()
@@ -169,12 +172,19 @@ class ContinuousDecoder:
     def hold(self) -> AbstractContextManager:
         return self.gate.hold()
 
+    def run(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
+        return self.gate.run(fn, *args, **kwargs)
+
     def between_tokens(self) -> None:
         self.gate.between_tokens()
 
     @property
     def waiting(self) -> int:
         return getattr(self.gate, "waiting", 0)
+
+    @property
+    def busy_s(self) -> float:
+        return getattr(self.gate, "busy_s", 0.0)
 
     @property
     def active(self) -> int:
@@ -191,9 +201,9 @@ class ContinuousDecoder:
         OPEN.discard(self)
 
     def start(self, ids: torch.Tensor, params: SamplingParams, past_key_values=None, cancel=None, streamer=None):
-        """Prefill ``ids`` (1, T) in the caller's thread (on top of ``past_key_values``, which may hold the states
-        of its first tokens) and hand the sequence to the decoding thread. Returns a future of the prompt and the
-        generated tokens (1, T + new), as ``transformers.generate`` returns them."""
+        """Prefill ``ids`` (1, T) for the caller, under the gate (on top of ``past_key_values``, which may hold the
+        states of its first tokens), and hand the sequence to the decoding thread. Returns a future of the prompt and
+        the generated tokens (1, T + new), as ``transformers.generate`` returns them."""
         config = generation_config(self.lm, params, self.tokenizer)
         ends = token_set(config.eos_token_id)
         generator = torch.Generator(device=self.device)
@@ -208,8 +218,10 @@ class ContinuousDecoder:
         began = time.perf_counter()
         try:
             with self.gate.hold(), torch.inference_mode():
-                cache, logits = self._prefill(ids, past_key_values)
-            done = seq.add(self._pick(seq, logits), self.tokenizer)
+                # Chunks offer the gate between them, here; the rest runs where the gate runs the model's work.
+                cache = prefill(self.lm, ids, past_key_values, self.gate)
+                cache, token = self.gate.run(self._first_token, seq, ids, cache)
+            done = seq.add(token, self.tokenizer)
         except BaseException as e:
             seq.finish(e)
             raise
@@ -229,11 +241,12 @@ class ContinuousDecoder:
     def generate(self, ids, params, past_key_values=None, cancel=None, streamer=None) -> torch.Tensor:
         return self.start(ids, params, past_key_values, cancel, streamer).result()
 
-    def _prefill(self, ids: torch.Tensor, past_key_values):
-        """The cache of all of ``ids`` and the last token's logits (float32, (V,))."""
+    def _first_token(self, seq: Row, ids: torch.Tensor, cache) -> tuple[object, int]:
+        """The cache of all of ``ids`` (1, T) and the first sampled token of ``seq``: the rest of ``ids`` run on top
+        of ``cache`` (a prefill of its first tokens, or None). The argmax over the vocabulary is a parallel
+        reduction, so it runs here too, not in the caller's thread."""
         from transformers import DynamicCache
 
-        cache = prefill(self.lm, ids, past_key_values, self.gate)
         if cache is None:
             cache = DynamicCache(config=self.lm.config)
         done = cache.get_seq_length()
@@ -243,7 +256,7 @@ class ContinuousDecoder:
         positions = torch.arange(done, ids.shape[1], device=ids.device)[None]
         out = self.lm(input_ids=ids[:, done:], position_ids=positions, use_cache=True, logits_to_keep=1,
                       **cache_argument(cache))  # fmt: skip
-        return cache, out.logits[0, -1].float()
+        return cache, self._pick(seq, out.logits[0, -1].float())
 
     def _pick(self, seq: Row, logits: torch.Tensor) -> int:
         if len(seq.tokens) < seq.params.min_new_tokens and seq.ends:
@@ -263,9 +276,8 @@ class ContinuousDecoder:
                 free = self.max_batch - len(self._rows)
                 joins = [self._joining.popleft() for _ in range(min(free, len(self._joining)))]
             try:
-                with self.gate.hold(), torch.inference_mode(), self._threads():
-                    self._merge(joins)
-                    self._step()
+                with self.gate.hold():
+                    self.gate.run(self._advance, joins)
             except Exception as e:  # a fault in the model: every sequence in the batch gets it
                 log.exception("decoding step of %d sequences failed", len(self._rows))
                 for seq in self._rows:
@@ -274,8 +286,11 @@ class ContinuousDecoder:
         for seq in self._rows + joining:
             seq.finish(RuntimeError("the decoder was closed"))
 
-    def _threads(self):
-        return torch_threads(self.threads) if self.threads else nullcontext()
+    def _advance(self, joins: list[tuple[Row, object]]) -> None:
+        """One decoding step, with the joining sequences in the batch."""
+        with torch.inference_mode(), torch_threads(self.threads) if self.threads else nullcontext():
+            self._merge(joins)
+            self._step()
 
     def _merge(self, joins: list[tuple[Row, object]]) -> None:
         """Add the joining sequences' caches to the batch, every cache left-padded to the widest."""

@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
@@ -95,7 +95,16 @@ class Gate(Protocol):
 
     def hold(self) -> AbstractContextManager: ...
 
+    def run(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
+        """``fn(*args, **kwargs)`` for the holder (a forward pass), where the gate runs the model's work."""
+        ...
+
     def between_tokens(self) -> None: ...
+
+
+def run_under(gate: Gate | None, fn: Callable[..., Any], *args, **kwargs) -> Any:
+    """``fn(*args, **kwargs)`` through ``gate.run`` when there is a gate, else here."""
+    return fn(*args, **kwargs) if gate is None else gate.run(fn, *args, **kwargs)
 
 
 @runtime_checkable
@@ -221,7 +230,8 @@ def run_generate(
         if params.seed is not None:  # inside the gate: no other request draws from the generator in between
             torch.manual_seed(params.seed)
         if attention_mask is None and ids.shape[0] == 1:  # one unpadded prompt (a batch is prefilled whole)
-            past_key_values = prefill(model, ids, past_key_values, gate)
+            # Under a gate even a short prompt: its passes then run where the gate runs the model's work.
+            past_key_values = prefill(model, ids, past_key_values, gate, always=gate is not None)
         return model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids) if attention_mask is None else attention_mask,
@@ -235,15 +245,16 @@ def run_generate(
 PREFILL_CHUNK = 512  # prompt tokens per forward pass before generation; between chunks others may use the model
 
 
-def prefill(model, ids: torch.Tensor, past_key_values, gate: Gate | None):
+def prefill(model, ids: torch.Tensor, past_key_values, gate: Gate | None, always: bool = False):
     """The cache of all but the last token of ``ids`` (1, T), computed ``PREFILL_CHUNK`` tokens at a time after
-    what ``past_key_values`` holds already; the gate is offered between chunks. A long prompt then holds the model
-    for one chunk at a time instead of its whole prefill (an 8,000-token prompt: about a minute on 2 CPU cores),
-    and attention needs memory for chunk x T scores, not T x T. Causal attention makes the result the same as one
-    pass, up to float round-off. A prompt within one chunk is left to ``generate``."""
+    what ``past_key_values`` holds already, each chunk through ``gate.run``; the gate is offered between chunks. A
+    long prompt then holds the model for one chunk at a time instead of its whole prefill (an 8,000-token prompt:
+    about a minute on 2 CPU cores), and attention needs memory for chunk x T scores, not T x T. Causal attention
+    makes the result the same as one pass, up to float round-off. A prompt within one chunk is left to the caller
+    (``generate``), unless ``always``."""
     done = past_key_values.get_seq_length() if past_key_values is not None else 0
     end = ids.shape[1] - 1  # generate runs the last token itself, and samples from its logits
-    if end - done <= PREFILL_CHUNK:
+    if end <= done or (end - done <= PREFILL_CHUNK and not always):
         return past_key_values
     from transformers import DynamicCache
 
@@ -252,8 +263,8 @@ def prefill(model, ids: torch.Tensor, past_key_values, gate: Gate | None):
         stop = min(start + PREFILL_CHUNK, end)
         positions = torch.arange(start, stop, device=ids.device)[None]
         # The base model: the LM head's logits for every prompt token are not needed.
-        model.base_model(input_ids=ids[:, start:stop], position_ids=positions, use_cache=True,
-                         **cache_argument(cache))  # fmt: skip
+        run_under(gate, model.base_model, input_ids=ids[:, start:stop], position_ids=positions, use_cache=True,
+                  **cache_argument(cache))  # fmt: skip
         if gate is not None:
             gate.between_tokens()
     return cache

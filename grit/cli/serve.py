@@ -76,6 +76,16 @@ def read_key_file(path: Path | None) -> str | None:
     return key
 
 
+def load_served(args: argparse.Namespace):
+    """The RAG over ``--index`` (with its model), or None without an index."""
+    if args.index is None:
+        return None
+    from grit.cli.rag import load_index_model
+    from grit.rag.answer import RAG
+
+    return RAG.open(args.index, load_index_model(args, args.index), args.cache_source)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import os
 
@@ -84,6 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from grit.cli.common import load_model
     from grit.serve.app import create_app
     from grit.serve.connections import uvicorn_config
+    from grit.serve.scheduler import ModelThread
 
     api_key = args.api_key or read_key_file(args.api_key_file) or os.environ.get("GRIT_API_KEY") or None
     if args.host not in LOOPBACK and not api_key and not args.allow_no_key:
@@ -92,16 +103,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
             "--api-key-file, or pass --allow-no-key to do it anyway"
         )
     config = ServeConfig(api_key=api_key, **{f.name: getattr(args, f.name) for f, _, _ in config_options()})
-    rag = None
-    if args.index is not None:
-        from grit.cli.rag import load_index_model
-        from grit.rag.answer import RAG
-
-        rag = RAG.open(args.index, load_index_model(args, args.index), args.cache_source)
-        model = rag.model
-    else:
-        model = load_model(args)
+    # Loaded on the thread that will run every forward pass: torch's parallel work then has one thread pool in the
+    # whole process (grit.serve.scheduler's module doc says why that matters).
+    model_thread = ModelThread()
+    rag = model_thread.call(load_served, args)
+    model = rag.model if rag is not None else model_thread.call(load_model, args)
     if config.host not in LOOPBACK and not config.api_key:
         logging.getLogger("grit.serve").warning("serving on %s without an API key (--allow-no-key)", config.host)
-    app = create_app(model, config, rag)
+    app = create_app(model, config, rag, model_thread)
     uvicorn.Server(uvicorn_config(app, config)).run()

@@ -41,7 +41,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grit.generation import Gate, SamplingParams, Stream
+from grit.generation import Gate, SamplingParams, Stream, run_under
 from grit.hardware import dtype_name
 from grit.kvcache import CacheAttention, SpanCache
 from grit.model import GritModel, sampling
@@ -316,14 +316,17 @@ class RAG:
         generation starts from; under ``gate`` when the model is shared."""
         check_recompute_ratio(recompute_ratio)  # before retrieval: refused in every cache mode, not only cached ones
         with gate.hold() if gate is not None else nullcontext():
-            hits, layout, seconds = self.prepare(question, k, cache, max_new_tokens)
-            ids = self.model.as_ids(layout.ids)
-            start = time.perf_counter()
-            past = None
-            if layout.spans:
-                fused = fused_suffix(layout.tail, recompute_ratio)
-                past = self.model.joined_cache(layout.spans, self.reposition, recompute_ratio, fused)
-            seconds["join"] = time.perf_counter() - start
+            return run_under(gate, self._prepared_cache, question, k, cache, max_new_tokens, recompute_ratio)
+
+    def _prepared_cache(self, question: str, k: int, cache: CacheMode, max_new_tokens: int, recompute_ratio: float):
+        hits, layout, seconds = self.prepare(question, k, cache, max_new_tokens)
+        ids = self.model.as_ids(layout.ids)
+        start = time.perf_counter()
+        past = None
+        if layout.spans:
+            fused = fused_suffix(layout.tail, recompute_ratio)
+            past = self.model.joined_cache(layout.spans, self.reposition, recompute_ratio, fused)
+        seconds["join"] = time.perf_counter() - start
         return hits, layout, seconds, ids, past
 
     def answer(

@@ -26,7 +26,7 @@ from grit.serve.config import ServeConfig
 from grit.serve.errors import APIError, install_error_handlers
 from grit.serve.metrics import Metrics
 from grit.serve.middleware import BodyLimit, RequestLog
-from grit.serve.scheduler import Admission, EmbeddingBatcher, FairGate
+from grit.serve.scheduler import Admission, EmbeddingBatcher, FairGate, ModelThread
 from grit.serve.schemas import ChatRequest, CompletionRequest, EmbeddingRequest, RagRequest
 from grit.serve.service import (
     Server,
@@ -43,10 +43,14 @@ __all__ = ["Server", "create_app"]
 log = logging.getLogger("grit.serve")
 
 
-def create_app(model: GritModel, config: ServeConfig | None = None, rag=None) -> FastAPI:
-    """The FastAPI app serving ``model``; ``rag`` (a ``grit.rag.RAG`` over the same model) adds ``/v1/rag``."""
+def create_app(model: GritModel, config: ServeConfig | None = None, rag=None,
+               model_thread: ModelThread | None = None) -> FastAPI:  # fmt: skip
+    """The FastAPI app serving ``model``; ``rag`` (a ``grit.rag.RAG`` over the same model) adds ``/v1/rag``.
+    Forward passes run on ``model_thread`` (a new one when not given; best the one the model was loaded on, so that
+    one thread in the process runs torch's parallel work: ``grit.serve.scheduler``'s module doc says why)."""
     config = config or ServeConfig()
-    gate = decoding_gate(model, config)
+    model_thread = model_thread or ModelThread()
+    gate = decoding_gate(model, config, model_thread)
     server = Server(
         model=model,
         config=config,
@@ -74,6 +78,7 @@ def create_app(model: GritModel, config: ServeConfig | None = None, rag=None) ->
         if isinstance(gate, ContinuousDecoder):
             gate.close()
         server.workers.shutdown(wait=False, cancel_futures=True)
+        model_thread.close()
 
     # No redirect from "/v1/embeddings/" to "/v1/embeddings" (a 307 a client would follow with its body); the schema
     # is served below, behind the key like every /v1 route; every POST body is strict JSON (grit.serve.bodies).
@@ -137,16 +142,19 @@ def create_app(model: GritModel, config: ServeConfig | None = None, rag=None) ->
     return app
 
 
-def decoding_gate(model: GritModel, config: ServeConfig) -> FairGate | ContinuousDecoder:
+def decoding_gate(model: GritModel, config: ServeConfig, model_thread: ModelThread) -> FairGate | ContinuousDecoder:
     """The model's gate: a continuous-batching decoder where the model allows one, else a plain fair lock (chats
     then advance in turn, one token each)."""
+    gate = FairGate(model_thread)
     if config.max_decode_batch == 1:
-        return FairGate()
+        return gate
     try:
-        return ContinuousDecoder(model.lm, model.tokenizer, FairGate(), config.max_decode_batch)
+        return ContinuousDecoder(
+            model.lm, model.tokenizer, gate, config.max_decode_batch, config.decode_threads or None
+        )
     except ValueError as e:  # the model cannot be batched (grit.decoding.unsupported says why)
         log.info("generations are decoded one at a time, in turn: %s", e)
-        return FairGate()
+        return gate
 
 
 def api_key_check(api_key: str | None) -> Callable:

@@ -3,12 +3,16 @@
 Every server has its own registry (two apps in one process, as the tests run them, do not share counts). Counts
 come from three places: the request log (``RequestLog`` calls ``request_done`` once a response has been sent
 whole, with what the route noted: tokens, inputs), the decoder and the embedding batcher (batch sizes, time to
-first token), and gauges read when scraped (requests in progress and in line, work waiting for the model).
+first token), and values read when scraped (requests in progress and in line, work waiting for the model, seconds
+the model was busy).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 ROUTES = ("/health", "/metrics", "/v1/models", "/v1/embeddings", "/v1/chat/completions", "/v1/completions",
           "/v1/rag")  # fmt: skip
@@ -22,6 +26,17 @@ def route_label(path: str) -> str:
     if path in ROUTES:
         return path
     return "/v1/models/{id}" if path.startswith("/v1/models/") else "other"
+
+
+class ReadCounter:
+    """A counter whose value is read when scraped (``Gauge.set_function``'s counterpart, which prometheus_client's
+    ``Counter`` lacks)."""
+
+    def __init__(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        self.name, self.doc, self.read = name, doc, read
+
+    def collect(self):
+        yield CounterMetricFamily(self.name, self.doc, value=self.read())
 
 
 class Metrics:
@@ -48,6 +63,9 @@ class Metrics:
         }  # fmt: skip
         for name, (doc, read) in gauges.items():
             Gauge(name, doc, registry=registry).set_function(read)
+        registry.register(ReadCounter("grit_model_busy_seconds", "seconds the model was held (forward passes, "
+                                      "decoding steps); its rate is the share of time it computes",
+                                      lambda: server.gate.busy_s))  # fmt: skip
 
     def request_done(self, method: str, path: str, status: int, seconds: float, noted: dict) -> None:
         route = route_label(path)

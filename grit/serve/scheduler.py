@@ -17,6 +17,13 @@ The scheduling, and why:
   line, in arrival order, up to ``admission_wait_s``, and are refused after that (HTTP 503 with ``Retry-After``)
   rather than queued without limit.
 
+* **Every multi-threaded forward pass runs on one thread** (``ModelThread``): the holder of the gate hands its
+  forward passes (embedding passes, prefill chunks, RAG's query encode and cache join) to it with ``FairGate.run``
+  and waits. On a CPU, torch's OpenMP (libgomp) gives each thread that runs a parallel region a team of its own and
+  counts the threads of every team; once they outnumber the CPUs its threads stop spinning at barriers and sleep, so
+  every barrier of every layer costs a wake-up. Measured (bench/RESULTS.md, issue 23): 384 STS-B sentences encode
+  1.3x faster when the process has one team than when a second exists. The server loads the model on that thread
+  too; decoding steps run on one thread (no team at all, ``grit.hardware.decode_threads``).
 * **Generations are decoded together** (``grit.decoding.ContinuousDecoder``, continuous batching as in vLLM): the
   server's gate is the decoder, which holds the model for one step of every active generation at a time; a new
   request prefills (in chunks, each one turn of the gate) and joins the batch between steps. Where a model cannot
@@ -32,34 +39,81 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import torch
 
 from grit.rng import TorchRng
 
 log = logging.getLogger(__name__)
 
 
-class FairGate:
-    """Exclusive use of the model, granted in arrival order (a ticket lock)."""
+class ModelThread:
+    """One thread that runs the model's work handed to it (``call``), one job at a time, in the caller's autograd
+    mode (torch's grad and inference modes are per thread). The module doc says why a server wants one."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "grit-model") -> None:
+        self._jobs: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def is_current(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def call(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
+        """``fn(*args, **kwargs)`` run on this thread; its result, or its exception raised here. Called from this
+        thread itself, ``fn`` runs at once (a job that hands work over would otherwise wait for itself)."""
+        if self.is_current:
+            return fn(*args, **kwargs)
+        future: Future = Future()
+        self._jobs.put((fn, args, kwargs, torch.is_inference_mode_enabled(), torch.is_grad_enabled(), future))
+        return future.result()
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        if not self.is_current:
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, args, kwargs, inference, grad, future = job
+            try:
+                with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                    result = fn(*args, **kwargs)
+            except BaseException as e:  # the caller's to handle, as if fn had run there
+                future.set_exception(e)
+            else:
+                future.set_result(result)
+
+
+class FairGate:
+    """Exclusive use of the model, granted in arrival order (a ticket lock). With a ``model_thread``, the holder's
+    forward passes (``run``) execute on that one thread."""
+
+    def __init__(self, model_thread: ModelThread | None = None) -> None:
+        self.model_thread = model_thread
         self._cond = threading.Condition()
         self._next_ticket = 0
         self._serving = 0
+        self._held_since = 0.0
+        self.busy_s = 0.0  # seconds the model has been held, in all (a server's busy share: its rate of growth)
 
     def _acquire(self) -> None:
         with self._cond:
             ticket = self._next_ticket
             self._next_ticket += 1
             self._cond.wait_for(lambda: self._serving == ticket)
+            self._held_since = time.perf_counter()
 
     def _release(self) -> None:
         with self._cond:
+            self.busy_s += time.perf_counter() - self._held_since
             self._serving += 1
             self._cond.notify_all()
 
@@ -77,11 +131,21 @@ class FairGate:
         finally:
             self._release()
 
+    def run(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
+        """``fn(*args, **kwargs)`` for the holder: on the model thread when there is one, else right here. ``fn``
+        must not offer the gate (``between_tokens``): the holder offers it between runs, in its own thread."""
+        if self.model_thread is None:
+            return fn(*args, **kwargs)
+        return self.model_thread.call(fn, *args, **kwargs)
+
     def between_tokens(self) -> None:
         """Called by the holder at a safe point: if others wait, let them go first, then queue up again.
 
         The random generators' state goes with the holder: sampling draws from torch's global generator, which the
         others' turns advance (or reseed), so without this a seeded generation would not repeat once interleaved."""
+        if self.model_thread is not None and self.model_thread.is_current:
+            # The next holder would hand its work to this thread, which waits for the gate: neither could go on.
+            raise RuntimeError("the gate was offered from inside FairGate.run; offer it between runs instead")
         if self.waiting:
             state = TorchRng.capture()
             self._release()
@@ -275,8 +339,8 @@ class EmbeddingBatcher:
                 chars += size
                 end += 1
             rows = order[start:end]
-            vectors = self.model.encode([texts[i] for i in rows], instruction, batch_size=len(rows),
-                                        max_length=max_length, show_progress=False)  # fmt: skip
+            vectors = self.gate.run(self.model.encode, [texts[i] for i in rows], instruction,
+                                    batch_size=len(rows), max_length=max_length, show_progress=False)  # fmt: skip
             if out is None:
                 out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
             out[rows] = vectors

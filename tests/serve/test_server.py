@@ -7,6 +7,7 @@ import gc
 import json
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -398,11 +399,13 @@ def scrape(http) -> dict[tuple[str, tuple], float]:
 
 
 def test_metrics_count_requests_tokens_and_batches(client, http, live):
+    began = time.perf_counter()
     before = scrape(http)
     embedded = client.embeddings.create(model=MODEL, input=["one text", "and another"])
     chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=5,
                                           temperature=0)  # fmt: skip
     after = scrape(http)
+    wall = time.perf_counter() - began
 
     def grew(name: str, **labels) -> float:
         key = (name, tuple(sorted(labels.items())))
@@ -418,6 +421,7 @@ def test_metrics_count_requests_tokens_and_batches(client, http, live):
     assert grew("grit_time_to_first_token_seconds_count") == 1
     assert grew("grit_decode_batch_size_count") == chat.usage.completion_tokens - 1  # the first token is prefill's
     assert grew("grit_embedding_batch_texts_sum") >= 2
+    assert 0 < grew("grit_model_busy_seconds_total") < wall  # the model computed, and was idle part of the time
     assert after[("grit_requests_in_progress", ())] == 0 and after[("grit_generations_active", ())] == 0
     # An unknown path is counted under one label, not one per path a client makes up.
     assert http.get("/no/such/path").status_code == 404
