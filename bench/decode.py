@@ -44,7 +44,8 @@ def questions(n: int) -> list[str]:
 
 def measure(dtype: str, tokens: int, concurrent: int, model_path: str | None, model_thread: bool) -> dict:
     """In this process: the three measurements for one dtype. With ``model_thread``, as ``grit serve`` runs: the
-    model is loaded on a ``ModelThread`` and every forward pass runs there (decoding steps on all threads)."""
+    model is loaded on a ``ModelThread`` and every forward pass runs there (decoding steps too, on
+    ``decode_threads``)."""
     import torch
 
     from grit import GritModel

@@ -18,12 +18,13 @@ The scheduling, and why:
   rather than queued without limit.
 
 * **Every multi-threaded forward pass runs on one thread** (``ModelThread``): the holder of the gate hands its
-  forward passes (embedding passes, prefill chunks, RAG's query encode and cache join) to it with ``FairGate.run``
-  and waits. On a CPU, torch's OpenMP (libgomp) gives each thread that runs a parallel region a team of its own and
-  counts the threads of every team; once they outnumber the CPUs its threads stop spinning at barriers and sleep, so
-  every barrier of every layer costs a wake-up. Measured (bench/RESULTS.md, issue 23): 384 STS-B sentences encode
-  1.3x faster when the process has one team than when a second exists. The server loads the model on that thread
-  too; decoding steps run on one thread (no team at all, ``grit.hardware.decode_threads``).
+  forward passes (embedding passes, prefill chunks, RAG's query encode and cache join, decoding steps) to it with
+  ``FairGate.run`` and waits. On a CPU, torch's OpenMP (libgomp) gives each thread that runs a parallel region a
+  team of its own and counts the threads of every team; once they outnumber the CPUs its threads stop spinning at
+  barriers and sleep, so every barrier of every layer costs a wake-up. Measured (bench/RESULTS.md, issue 23): 384
+  STS-B sentences encode 1.3x faster when the process has one team than when a second exists. The server loads the
+  model on that thread too; decoding steps run there on fewer threads than the rest (``grit.hardware.decode_threads``
+  says why).
 * **Generations are decoded together** (``grit.decoding.ContinuousDecoder``, continuous batching as in vLLM): the
   server's gate is the decoder, which holds the model for one step of every active generation at a time; a new
   request prefills (in chunks, each one turn of the gate) and joins the batch between steps. Where a model cannot
@@ -59,6 +60,8 @@ class ModelThread:
 
     def __init__(self, name: str = "grit-model") -> None:
         self._jobs: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
+        self._closing = threading.Lock()  # a job is queued before close's end marker, or refused
+        self._closed = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -72,11 +75,17 @@ class ModelThread:
         if self.is_current:
             return fn(*args, **kwargs)
         future: Future = Future()
-        self._jobs.put((fn, args, kwargs, torch.is_inference_mode_enabled(), torch.is_grad_enabled(), future))
+        with self._closing:
+            if self._closed:  # nothing would ever run it: the caller would wait forever
+                raise RuntimeError("the model thread is closed")
+            self._jobs.put((fn, args, kwargs, torch.is_inference_mode_enabled(), torch.is_grad_enabled(), future))
         return future.result()
 
     def close(self) -> None:
-        self._jobs.put(None)
+        """Run the jobs already handed over, then end the thread; later calls are refused."""
+        with self._closing:
+            self._closed = True
+            self._jobs.put(None)
         if not self.is_current:
             self._thread.join(timeout=30)
 

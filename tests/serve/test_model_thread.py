@@ -54,6 +54,13 @@ def test_a_call_runs_in_the_callers_autograd_mode(model_thread, mode):
         assert model_thread.call(modes) == modes()
 
 
+def test_a_call_after_close_is_refused_not_left_waiting():
+    worker = ModelThread(name="grit-model-closed")
+    worker.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        worker.call(lambda: 1)
+
+
 def test_a_call_from_the_model_thread_runs_at_once(model_thread):
     """A job that hands work over again would wait for itself forever."""
     inner = model_thread.call(lambda: model_thread.call(lambda: threading.current_thread().name))
