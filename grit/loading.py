@@ -237,6 +237,19 @@ def adapter_base(folder: Path) -> Path | None:
     return resolve_model_path(path)
 
 
+def load_lm(folder: Path, base: Path | None, dtype, device):
+    """The causal LM of a model folder (``base``: None), or of a LoRA adapter folder merged into its ``base``, in
+    ``dtype`` on ``device``, in eval mode. transformers' errors (OSError, ValueError) pass through."""
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(base or folder, dtype=dtype)
+    if base is not None:
+        from peft import PeftModel
+
+        lm = PeftModel.from_pretrained(lm, folder).merge_and_unload()
+    return lm.to(device).eval()
+
+
 SHIPPED_ADAPTER = Path(__file__).parent / "models" / "grit-smollm2-135m"
 
 

@@ -27,6 +27,7 @@ import torch
 from grit import embedding, generation, hardware, instructions, loading
 from grit.attention import check_bidirectional
 from grit.formats import Message, PromptFormat, as_messages
+from grit.fp16_weights import is_packed, pack_linear_weights
 from grit.generation import SamplingParams
 from grit.hardware import Placement
 from grit.identity import SAVED_CONFIG, ModelIdentity, SavedSettings
@@ -69,6 +70,11 @@ def similarity(a, b, fn: SimilarityFn = "cosine"):
     if fn == "cosine":
         a, b = embedding.normalize_rows(a), embedding.normalize_rows(b)
     return a @ b.T
+
+
+def folder_identity(folder: Path, base: Path | None) -> ModelIdentity:
+    """Which model a folder (or a LoRA folder over ``base``) holds, from its files."""
+    return ModelIdentity.of(folder, ModelIdentity.of(base) if base is not None else None)
 
 
 def sampling(params: SamplingParams | None, overrides: dict) -> SamplingParams:
@@ -115,7 +121,8 @@ class GritModel:
             raise TypeError("prompts must map names to instruction strings")
         self.prompts = {name: check_text(text, f"prompts[{name!r}]") for name, text in self.prompts.items()}
         if self.placement is None:
-            self.placement = Placement(self.device, self.dtype, torch.get_num_threads())
+            weights = "float16" if is_packed(self.lm) else "plain"
+            self.placement = Placement(self.device, self.dtype, torch.get_num_threads(), weights)
         if self.identity is None:
             self.identity = ModelIdentity.of(self.path)
         if self.truncate_dim is not None:
@@ -130,6 +137,7 @@ class GritModel:
         dtype: str | torch.dtype = "auto",
         device: str | torch.device = "auto",
         threads: int | None = None,
+        weights: str = "auto",
         placement: Placement | None = None,
         format: PromptFormat | None = None,
         pooling: Pooling | None = None,
@@ -149,36 +157,34 @@ class GritModel:
         wrote records (``grit train``: a model trained to embed with causal attention and last-token pooling embeds
         that way; ``save_pretrained``: all of them), else mean pooling with bidirectional attention (GRIT).
 
-        ``device``, ``dtype`` and ``threads`` are resolved once by ``grit.hardware.resolve_placement`` ("auto":
-        the fastest native dtype of this hardware, not the checkpoint's; ``$GRIT_DEVICE`` / ``$GRIT_DTYPE`` /
-        ``$GRIT_THREADS`` fill in "auto"); an entry point that resolved them already passes ``placement``. The
+        ``device``, ``dtype``, ``threads`` and ``weights`` are resolved once by ``grit.hardware.resolve_placement``
+        ("auto": the fastest native dtype of this hardware, not the checkpoint's; float16 linear weights for float32
+        compute on a CPU, ``grit.fp16_weights``; ``$GRIT_DEVICE`` / ``$GRIT_DTYPE`` / ``$GRIT_THREADS`` /
+        ``$GRIT_WEIGHTS`` fill in "auto"); an entry point that resolved them already passes ``placement``. The
         result is ``model.placement``, and ``model.identity`` says which model it is (``grit.identity``).
 
         Raises ``ModelNotFoundError`` for a missing path and ``UnsupportedModelError`` for a non-decoder model.
         """
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         if path is None and not base_only:
             path = loading.shipped_adapter()  # None while grit ships none: the base model
         folder = loading.resolve_model_path(path)
         base = loading.adapter_base(folder)  # a LoRA adapter folder: merged into its base model at load
         loading.check_architecture(base or folder)
-        placement = placement or hardware.resolve_placement(device, dtype, threads)
+        placement = placement or hardware.resolve_placement(device, dtype, threads, weights)
         placement.apply_threads()
-        identity = ModelIdentity.of(folder, ModelIdentity.of(base) if base is not None else None)
+        identity = folder_identity(folder, base)
         device, dtype = placement.device, placement.dtype
         try:
             has_tokenizer = any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
             tokenizer = AutoTokenizer.from_pretrained(folder if has_tokenizer or base is None else base)
-            lm = AutoModelForCausalLM.from_pretrained(base or folder, dtype=dtype)
-            if base is not None:
-                from peft import PeftModel
-
-                lm = PeftModel.from_pretrained(lm, folder).merge_and_unload()
-            lm = lm.to(device).eval()
+            lm = loading.load_lm(folder, base, dtype, device)
         except (OSError, ValueError) as e:  # transformers' own message, on one line, with the path in front
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise loading.UnsupportedModelError(f"cannot load model from {str(folder)!r}: {first_line}") from e
+        if placement.weights == "float16":
+            pack_linear_weights(lm)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         check_bidirectional(lm.base_model, str(folder))
@@ -188,7 +194,7 @@ class GritModel:
             bidirectional = saved.attention != "causal"
         format = format or (PromptFormat(**saved.format) if saved.format else PromptFormat())
         log.info("loaded %s (%s, %s on %s, %d threads; id %s)", folder, lm.config.model_type,
-                 hardware.dtype_name(dtype), device, placement.threads, identity.id)  # fmt: skip
+                 placement.numerics, device, placement.threads, identity.id)  # fmt: skip
         named = prompts if prompts is not None else saved.prompts
         return cls(lm, tokenizer, folder, format, pooling, bidirectional, identity, placement,
                    **({"prompts": dict(named)} if named is not None else {}),
@@ -354,9 +360,9 @@ class GritModel:
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write a folder ``GritModel.load`` opens with this model's behaviour: the weights (adapters merged, in the
-        model's dtype), the tokenizer, and grit's embedding settings (``grit_config.json``: pooling, attention,
-        prompt format, prompts, truncation, similarity function, RAG's cache source). Written whole or not at
-        all."""
+        model's dtype; a model computing with float16 weights writes the weights it was loaded from), the tokenizer,
+        and grit's embedding settings (``grit_config.json``: pooling, attention, prompt format, prompts, truncation,
+        similarity function, RAG's cache source). Written whole or not at all."""
         target = Path(folder).expanduser()
         if target.exists() and any(target.iterdir()) and not (target / "config.json").is_file():
             raise FileExistsError(f"{target} exists and holds no model; refusing to write a model over it")
@@ -370,12 +376,29 @@ class GritModel:
             "rag_cache_source": self.rag_cache_source,
         }
 
+        lm = self.lm
+        if is_packed(lm):  # float16-packed weights are not the model's: write the weights it was loaded from
+            lm = self.plain_lm()
+
         def fill(tmp: Path) -> None:
-            self.lm.save_pretrained(tmp)
+            lm.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             (tmp / SAVED_CONFIG).write_text(json.dumps(settings, indent=2) + "\n")
 
         return loading.write_folder_atomically(target, fill)
+
+    def plain_lm(self) -> torch.nn.Module:
+        """This model's LM with its weights as loaded (not float16-packed): read again from ``path``, which must
+        still hold the same files (its identity is checked)."""
+        if not is_packed(self.lm):
+            return self.lm
+        folder = loading.resolve_model_path(self.path)
+        base = loading.adapter_base(folder)
+        now = folder_identity(folder, base)
+        if self.identity is not None and now.id != self.identity.id:
+            raise ValueError(f"{self.path} changed since this model was loaded (identity {self.identity.id}, now "
+                             f"{now.id}); its original weights cannot be read back")  # fmt: skip
+        return loading.load_lm(folder, base, self.dtype, self.device)
 
     # --- the facade: what RAG, the server and evaluation build on (they touch neither lm nor tokenizer) -------
 

@@ -86,10 +86,11 @@ def tiny_grit(tiny_model_path):
     return GritModel.load(tiny_model_path, dtype="float32", device="cpu")
 
 
-# Every test computes on the CPU in float32, whatever the machine: "auto" picks bfloat16 on AVX512-BF16 / AMX CPUs
+# Every test computes on the CPU in float32 with plain weights, whatever the machine: "auto" picks bfloat16 on
+# AVX512-BF16 / AMX CPUs, float16-stored weights (grit.fp16_weights) for float32 on CPUs with fbgemm,
 # and CUDA on GPU hosts, and the tests compare with float32 results (and subprocesses they start inherit this).
 # Tests of the auto choice itself take the ``auto_placement`` fixture; bf16 and GPU tests ask for their placement.
-PINNED_PLACEMENT = {"GRIT_DEVICE": "cpu", "GRIT_DTYPE": "float32"}
+PINNED_PLACEMENT = {"GRIT_DEVICE": "cpu", "GRIT_DTYPE": "float32", "GRIT_WEIGHTS": "plain"}
 
 
 @pytest.fixture(autouse=True, scope="session")

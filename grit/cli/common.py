@@ -35,13 +35,17 @@ def add_placement_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help=f"auto | cpu | cuda[:N] ({auto.format('DEVICE')} the first "
                         "GPU if any)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: $GRIT_THREADS, else torch's)")
+    parser.add_argument("--weights", default="auto", help=f"auto | plain | float16: linear weights in the compute "
+                        f"dtype, or stored in float16 for float32 compute on a CPU (fbgemm; decoding reads half the "
+                        f"bytes) ({auto.format('WEIGHTS')} float16 for float32 on a CPU, else plain)")  # fmt: skip
 
 
 def placement(args: argparse.Namespace):
-    """The command's device, dtype and threads, resolved once (``grit.hardware``); a bad value is a ValueError."""
+    """The command's device, dtype, threads and weights, resolved once (``grit.hardware``); a bad value is a
+    ValueError."""
     from grit import hardware
 
-    return hardware.resolve_placement(args.device, args.dtype, getattr(args, "threads", None))
+    return hardware.resolve_placement(args.device, args.dtype, getattr(args, "threads", None), args.weights)
 
 
 def load_model(args: argparse.Namespace, name: str | None = None):

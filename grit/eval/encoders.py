@@ -59,7 +59,8 @@ def model_name(model: Any) -> str:
 def fingerprint(model: Any) -> str | None:
     """A key that changes whenever the model's embeddings could: ``model.fingerprint()`` when it has one; for a
     GritModel, its identity (a digest of its files, ``grit.identity``), embedding settings and where it runs (the
-    device kind and dtype: a bfloat16 vector is not a float32 one); else None (nothing is cached or reused)."""
+    device kind, dtype and weights: a bfloat16 vector is not a float32 one); else None (nothing is cached or
+    reused)."""
     if callable(getattr(model, "fingerprint", None)):
         return model.fingerprint()
     identity, placement = getattr(model, "identity", None), getattr(model, "placement", None)
@@ -69,7 +70,7 @@ def fingerprint(model: Any) -> str | None:
         "model": identity.id,
         "settings": model.embedding_settings(),
         "device": placement.device.type,
-        "dtype": str(placement.dtype).removeprefix("torch."),
+        "dtype": placement.numerics,  # "float32", or "float32+float16-weights" (a plain model keeps its old keys)
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 

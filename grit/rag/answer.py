@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from grit.generation import Gate, SamplingParams, Stream, run_under
-from grit.hardware import dtype_name
 from grit.kvcache import CacheAttention, SpanCache
 from grit.model import GritModel, sampling
 from grit.rag.kvstore import CacheKey, KVStore, store_folder
@@ -140,8 +139,9 @@ class RAG:
         return self.model.span_cache(ids, "causal")
 
     def cache_key(self, doc_id: str, ids: list[int]) -> CacheKey:
-        """What a document span's cache is: this model, its dtype, the cache source and the exact token ids."""
-        return CacheKey.of(doc_id, ids, self.model.identity.id, dtype_name(self.model.dtype), self.cache_source)
+        """What a document span's cache is: this model, its numerics (dtype and weights), the cache source and the
+        exact token ids."""
+        return CacheKey.of(doc_id, ids, self.model.identity.id, self.model.placement.numerics, self.cache_source)
 
     def _document_span(self, hit) -> tuple[SpanCache, CacheKey, bool]:
         """A hit's chunk cache, its key, and whether it was reused (from memory or the store) or computed now."""

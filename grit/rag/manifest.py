@@ -44,11 +44,12 @@ def encoder_identity(encoder) -> dict:
 
 
 def encoder_placement(encoder) -> dict | None:
-    """Device, dtype and threads the encoder runs with (``Placement.as_dict``), or None when it does not say."""
+    """Device, dtype, weights and threads the encoder runs with (``Placement.as_dict``), or None when it does not
+    say."""
     placement = getattr(encoder, "placement", None)
     if placement is None:
         return None
-    return {k: v for k, v in placement.as_dict().items() if k in ("device", "dtype", "threads")}
+    return {k: v for k, v in placement.as_dict().items() if k in ("device", "dtype", "weights", "threads")}
 
 
 def check_same_model(stored: dict, current: dict, where: Path) -> None:

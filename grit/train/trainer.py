@@ -75,7 +75,8 @@ def train(config: TrainConfig, on_step: Callback | None = None) -> Path:
 
     Device, dtype and threads are resolved here, once (``grit.hardware.resolve_placement``); everything below
     sees the resolved config, and train_config.json and the first log.jsonl line of each start record it."""
-    placement = resolve_placement(config.device, config.dtype, config.threads or None)
+    # plain weights: float16-packed ones are an inference kernel with no gradient (grit.fp16_weights)
+    placement = resolve_placement(config.device, config.dtype, config.threads or None, weights="plain")
     d = distributed.setup(placement.device)
     try:
         placement = dataclasses.replace(placement, device=d.device)  # under torchrun: this process's own GPU

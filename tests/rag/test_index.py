@@ -178,7 +178,9 @@ def test_manifest_describes_the_index(tiny_grit, tmp_path):
     assert m["format"] == "grit-index" and m["grit_version"]
     assert m["model"]["id"] == ModelIdentity.of(tiny_grit.path).id == tiny_grit.identity.id
     assert m["model"]["id"].startswith(tiny_grit.path.name)
-    assert m["placements"] == [{"device": "cpu", "dtype": "float32", "threads": tiny_grit.placement.threads}]
+    assert m["placements"] == [
+        {"device": "cpu", "dtype": "float32", "weights": "plain", "threads": tiny_grit.placement.threads}
+    ]
     assert m["model"]["settings"]["pooling"] == "mean" and m["dim"] == 64
     assert m["instructions"] == {"query": IndexConfig.query_instruction, "document": ""}
     assert m["store"]["quantize"] == "int8" and m["index_kind"] == "hnsw"
