@@ -9,7 +9,9 @@ batch 32 each, alternated over ``--repeats`` rounds to spread machine noise even
   - plain: what a user writes by hand, batches in input order, each right-padded to its longest text
     (tokenizer(padding=True) → the decoder body → masked mean), with grit's bidirectional mask;
   - padded: ``GritModel.encode(packed=False)``: texts sorted by length, right-padded batches;
-  - packed: ``GritModel.encode()`` (the default): sorted, several texts per row, no padding computed.
+  - packed: ``GritModel.encode()`` (the default): sorted, several texts per row, no padding computed;
+  - packed_f16w: the same with the linear weights stored in float16 (``weights="float16"``, grit.fp16_weights; what
+    "auto" picks for float32 on a CPU), where they can run (float32). The other three run plain weights.
 Prints texts/s and the ratios; writes bench/results/encode_mixed.json with the machine and the command.
 """
 
@@ -28,6 +30,7 @@ import torch
 
 from grit import GritModel
 from grit.attention import bidirectional_mask, positions
+from grit.fp16_weights import unavailable
 from grit.hardware import describe_machine
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -71,8 +74,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", type=Path, default=None, help="default: bench/results/encode_mixed_<dtype>.json")
     args = p.parse_args()
-    model = GritModel.load(args.model, dtype=args.dtype, device="cpu")
+    model = GritModel.load(args.model, dtype=args.dtype, device="cpu", weights="plain")
     texts = mixed_texts(args.sentences, args.abstracts)
     lengths = [len(x.ids) for x in model.embedding_inputs(texts, "", max_length=args.max_length)]
     tokens = sum(lengths)
@@ -81,6 +85,9 @@ def main() -> None:
         "padded": lambda: model.encode(texts, batch_size=args.batch_size, max_length=args.max_length, packed=False),
         "packed": lambda: model.encode(texts, batch_size=args.batch_size, max_length=args.max_length),
     }
+    if args.dtype == "float32" and unavailable() is None:
+        f16w = GritModel.load(args.model, dtype=args.dtype, device="cpu", weights="float16")
+        runs["packed_f16w"] = lambda: f16w.encode(texts, batch_size=args.batch_size, max_length=args.max_length)
     model.encode(texts[:64], batch_size=args.batch_size)  # warm-up (first-call allocations)
     vectors: dict[str, np.ndarray] = {}
     seconds: dict[str, list[float]] = {name: [] for name in runs}
@@ -106,14 +113,21 @@ def main() -> None:
         "max_abs_diff_packed_vs_padded": float(np.abs(vectors["packed"] - vectors["padded"]).max()),
         "max_abs_diff_plain_vs_padded": float(np.abs(vectors["plain"] - vectors["padded"]).max()),
     }
-    OUT.mkdir(exist_ok=True)
-    (OUT / f"encode_mixed_{args.dtype}.json").write_text(json.dumps(result, indent=2) + "\n")
+    if "packed_f16w" in runs:
+        result["f16w_vs_packed"] = median["packed"] / median["packed_f16w"]
+        result["min_cosine_f16w_vs_packed"] = float((vectors["packed"] * vectors["packed_f16w"]).sum(1).min())
+    out = args.out or OUT / f"encode_mixed_{args.dtype}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{len(texts)} texts, {tokens} tokens (lengths {result['token_lengths']}), {args.dtype}, "
           f"{result['threads']} threads, {result['machine']}")  # fmt: skip
     for name in runs:
         print(f"  {name:7s} {result['texts_per_s'][name]:8.1f} texts/s  (median of {args.repeats})")
     print(f"  packed / plain {result['packed_vs_plain']:.2f}x, packed / padded {result['packed_vs_padded']:.2f}x, "
           f"padded / plain {result['padded_vs_plain']:.2f}x")  # fmt: skip
+    if "f16w_vs_packed" in result:
+        print(f"  float16 weights / plain weights (packed) {result['f16w_vs_packed']:.2f}x, min cosine "
+              f"{result['min_cosine_f16w_vs_packed']:.6f}")  # fmt: skip
 
 
 if __name__ == "__main__":
