@@ -57,7 +57,7 @@ def make_batch(args: argparse.Namespace):
     from grit.train.collate import collate_embedding, collate_generative, tokenize_conversation
     from grit.train.data import EmbeddingGroup, GenerativeExample, parse_generative
 
-    model = GritModel.load(args.model, device="cpu")
+    model = GritModel.load(args.model, device="cpu", weights="plain")  # only its tokenizer and format are read
     tok, fmt = model.tokenizer, model.format
     prefix = fmt.embed_prefix("")
     queries = texts_of(tok, prefix, args.queries, args.query_tokens)
