@@ -1,14 +1,14 @@
-"""Where a model runs: device, dtype and threads, resolved once at an entry point into a concrete ``Placement``.
+"""Where a model runs: device, dtype, threads and weights, resolved once at an entry point into a ``Placement``.
 
 Every entry point (``GritModel.load``, the CLI, ``grit.train.train``, ``grit.eval.run``, ``grit serve``) calls
 ``resolve_placement`` once; everything below receives the resolved ``Placement`` and never sees "auto" again, and
 every artefact (train_config.json and log.jsonl, eval results.json, an index manifest, the server's /v1/models)
 records ``Placement.as_dict()`` so a number can be checked on another machine.
 
-Precedence, for device and dtype each: an explicit argument ("cpu", "float32", a ``torch.device``) wins; "auto"
-(or None) takes ``$GRIT_DEVICE`` / ``$GRIT_DTYPE`` when set; otherwise the hardware decides as below. The variables
-let a user pin a machine's choice without touching every command, and let the test suite run the same computation
-on every kind of machine (tests/conftest.py pins cpu + float32).
+Precedence, for device, dtype and weights each: an explicit argument ("cpu", "float32", a ``torch.device``) wins;
+"auto" (or None) takes ``$GRIT_DEVICE`` / ``$GRIT_DTYPE`` / ``$GRIT_WEIGHTS`` when set; otherwise the hardware
+decides as below. The variables let a user pin a machine's choice without touching every command, and let the test
+suite run the same computation on every kind of machine (tests/conftest.py pins cpu + float32 + plain weights).
 
 What "auto" means, and why it keeps that name: grit's ``dtype="auto"`` is *the fastest dtype this hardware runs
 natively*, not transformers' ``dtype="auto"`` (the checkpoint's dtype). A checkpoint's dtype says how it was saved,
@@ -110,7 +110,8 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 @dataclass(frozen=True)
 class Placement:
-    """A concrete device, dtype and CPU thread count (never "auto"). Build with ``resolve_placement``."""
+    """A concrete device, dtype, CPU thread count and weight storage (never "auto"). Build with
+    ``resolve_placement``."""
 
     device: torch.device
     dtype: torch.dtype
