@@ -36,7 +36,7 @@ def add_placement_options(parser: argparse.ArgumentParser) -> None:
                         "GPU if any)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: $GRIT_THREADS, else torch's)")
     parser.add_argument("--weights", default="auto", help=f"auto | plain | float16: linear weights in the compute "
-                        f"dtype, or stored in float16 for float32 compute on a CPU (fbgemm; decoding 1.5-2x faster on "
+                        f"dtype, or stored in float16 for float32 compute on a CPU (fbgemm; decoding 1.4-2x faster on "
                         f"AVX2) ({auto.format('WEIGHTS')} float16 for float32 on a CPU, else plain)")  # fmt: skip
 
 
