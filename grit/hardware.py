@@ -252,16 +252,16 @@ def resolve_weights(weights: str | None, device: torch.device, dtype: torch.dtyp
         return "float16" if fits else "plain"
     if text not in WEIGHTS:
         raise ValueError(f"{source}: expected auto or one of {', '.join(WEIGHTS)}")
-    if text == "float16":
-        why = (
-            f"the device is {device}"
-            if device.type != "cpu"
-            else f"the dtype is {dtype_name(dtype)}, not float32"
-            if dtype != torch.float32
-            else unavailable()
-        )
-        if why:
-            raise ValueError(f"{source}: float16 weights are fbgemm's CPU kernels for float32 compute, and {why}")
+    if text == "plain":
+        return text
+    if device.type != "cpu":
+        why = f"the device is {device}"
+    elif dtype != torch.float32:
+        why = f"the dtype is {dtype_name(dtype)}, not float32"
+    else:
+        why = unavailable()
+    if why:
+        raise ValueError(f"{source}: float16 weights are fbgemm's CPU kernels for float32 compute, and {why}")
     return text
 
 

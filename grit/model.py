@@ -376,9 +376,7 @@ class GritModel:
             "rag_cache_source": self.rag_cache_source,
         }
 
-        lm = self.lm
-        if is_packed(lm):  # float16-packed weights are not the model's: write the weights it was loaded from
-            lm = self.plain_lm()
+        lm = self.plain_lm()  # float16-packed weights are not the model's: write the weights it was loaded from
 
         def fill(tmp: Path) -> None:
             lm.save_pretrained(tmp)
