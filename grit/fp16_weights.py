@@ -50,6 +50,9 @@ class Float16Linear(torch.nn.Module):
         self.packed = torch.ops.quantized.linear_prepack_fp16(linear.weight.detach(), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad and torch.is_grad_enabled():  # fbgemm's op has no backward: the layer would drop out of it
+            raise RuntimeError("float16-packed weights are for inference and have no gradient; load the model with "
+                               "weights='plain' (--weights plain) to train it")  # fmt: skip
         return torch.ops.quantized.linear_dynamic_fp16(x, self.packed)
 
     def extra_repr(self) -> str:
@@ -75,6 +78,7 @@ def pack_linear_weights(lm: torch.nn.Module) -> int:
     # default model). Fresh copies of what stays let the heap go.
     for param in lm.parameters():
         param.data = param.data.clone()
+    lm.requires_grad_(False)  # an inference model: a backward through it would skip every packed layer
     return len(linears)
 
 

@@ -49,6 +49,18 @@ def test_packing_replaces_every_linear_and_unties_the_head(tiny_model_path):
     assert torch.equal(lm.get_input_embeddings().weight, embedding)  # the lookup table stays float32
 
 
+def test_a_packed_model_refuses_to_train_instead_of_skipping_its_layers(plain_and_packed):
+    _, packed = plain_and_packed
+    assert not any(p.requires_grad for p in packed.lm.parameters())
+    ids = torch.tensor([packed.chat_ids("Hi")])
+    packed.lm.get_input_embeddings().weight.requires_grad_(True)  # a user turning training back on by hand
+    try:
+        with pytest.raises(RuntimeError, match=r"no gradient; load the model with weights='plain'"):
+            packed.lm(input_ids=ids)
+    finally:
+        packed.lm.get_input_embeddings().weight.requires_grad_(False)
+
+
 def test_packed_logits_equal_the_plain_model_with_float16_rounded_weights(plain_and_packed):
     plain, packed = plain_and_packed
     ids = torch.tensor([plain.chat_ids("How are rivers formed?")])
