@@ -12,9 +12,12 @@ How it runs:
   runs the model's work, ``Gate.run``), samples the first token and hands the sequence to the decoder. Prefill is
   not batched: on a CPU it is bound by arithmetic already, and chunks of one prompt interleave with the others'
   decoding steps instead of stalling them for the whole prompt.
-* One **decoding thread** owns the batch: left-padded key/value caches of the active sequences, an attention mask
-  that hides the padding, each sequence's own position. Between steps new sequences join (their cache is padded to
-  the batch's width) and finished ones leave (their rows are dropped, and columns that only padding used).
+* One **decoding thread** owns the batch (``grit.decode_step.KVBatch``): left-padded key/value caches of the active
+  sequences in buffers that grow in place, a mask that hides the padding, each sequence's own position. Between
+  steps new sequences join (their cache is padded to the batch's width) and finished ones leave (their rows are
+  dropped, and columns that only padding used). A step runs ``grit.decode_step.llama_step`` for Llama-family
+  models (the model's own modules without transformers' per-token machinery: equal logits, ~1.xx faster a step)
+  and the model's forward for the rest.
   The decoder holds the model's gate for one step at a time, so embedding batches and other prefills get the model
   between steps; the step itself runs where the gate runs the model's work (``Gate.run``).
 * Each sequence keeps its own sampling settings, stop strings, cancel event and **its own random generator**: a
@@ -43,6 +46,7 @@ from typing import Any
 
 import torch
 
+from grit.decode_step import KVBatch, step_for
 from grit.generation import Gate, SamplingParams, StopOnText, generation_config, prefill, token_set
 from grit.hardware import decode_threads, torch_threads
 from grit.transformers_compat import cache_argument, crop_cache
@@ -134,22 +138,93 @@ class Row:
             self.future.set_result(torch.cat([self.prompt, new], dim=1))
 
 
+def new_row(lm, tokenizer, ids: torch.Tensor, params: SamplingParams, cancel=None, streamer=None) -> Row:
+    """A generation of prompt ``ids`` (1, T): its end tokens, stop strings and own random generator (seeded with
+    ``params.seed``, else from the OS); a streamer is sent the prompt first, as ``generate`` sends it."""
+    config = generation_config(lm, params, tokenizer)
+    generator = torch.Generator(device=ids.device)
+    if params.seed is not None:
+        generator.manual_seed(params.seed)
+    else:
+        generator.seed()
+    stop = StopOnText(tokenizer, params.stop, 0) if params.stop else None
+    if streamer is not None:
+        streamer.put(ids.cpu())  # a streamer may skip it
+    return Row(ids, params, generator, cancel, streamer, stop, token_set(config.eos_token_id))
+
+
+def first_token(lm, seq: Row, ids: torch.Tensor, cache) -> tuple[object, int]:
+    """The cache of all of ``ids`` (1, T) and the first sampled token of ``seq``: the rest of ``ids`` run on top of
+    ``cache`` (a prefill of its first tokens, or None)."""
+    from transformers import DynamicCache
+
+    if cache is None:
+        cache = DynamicCache(config=lm.config)
+    done = cache.get_seq_length()
+    if done >= ids.shape[1]:  # everything cached: run the last token again for its logits
+        crop_cache(cache, ids.shape[1] - 1)
+        done = ids.shape[1] - 1
+    positions = torch.arange(done, ids.shape[1], device=ids.device)[None]
+    out = lm(input_ids=ids[:, done:], position_ids=positions, use_cache=True, logits_to_keep=1,
+             **cache_argument(cache))  # fmt: skip
+    return cache, pick(seq, out.logits[0, -1].float())
+
+
+def pick(seq: Row, logits: torch.Tensor) -> int:
+    """The next token of ``seq`` from its float32 logits (V,): its end tokens held back until ``min_new_tokens``."""
+    if len(seq.tokens) < seq.params.min_new_tokens and seq.ends:
+        logits = logits.clone()
+        logits[list(seq.ends)] = -float("inf")
+    return sample(logits, seq.params, seq.generator)
+
+
+@torch.inference_mode()
+def decode_alone(lm, tokenizer, ids: torch.Tensor, params: SamplingParams, past_key_values=None, cancel=None,
+                 streamer=None, step: str = "auto") -> torch.Tensor:  # fmt: skip
+    """One generation decoded on the calling thread with the decoder's step and sampling (no thread, no batch):
+    what ``transformers.generate`` returns for ``ids`` (1, T), prompt and new tokens (1, T + new), with the same
+    greedy tokens and the same seeded draws, for a fraction of its per-token overhead. ``past_key_values`` may hold
+    the states of the first tokens of ``ids`` (a RAG cache)."""
+    step_fn = step_for(lm, step)
+    seq = new_row(lm, tokenizer, ids, params, cancel, streamer)
+    try:
+        cache, token = first_token(lm, seq, ids, prefill(lm, ids, past_key_values, None))
+        if not seq.add(token, tokenizer):
+            batch = KVBatch.of_cache(cache)
+            del cache
+            # A step is hundreds of tiny products: fewer threads than prefill (grit.hardware's module doc).
+            threads = decode_threads(torch.get_num_threads()) if ids.device.type == "cpu" else 0
+            with torch_threads(threads) if threads else nullcontext():
+                while True:
+                    token_ids = torch.tensor([[seq.tokens[-1]]], device=ids.device)
+                    positions = torch.tensor([[seq.position]], device=ids.device)
+                    if seq.add(pick(seq, step_fn(lm, batch, token_ids, positions)[0]), tokenizer):
+                        break
+    except BaseException as e:
+        seq.finish(e)
+        raise
+    seq.finish()
+    return seq.future.result()
+
+
 class ContinuousDecoder:
     """A gate (exclusive use of the model) that also decodes its callers' generations in one shared batch.
 
     ``gate`` is the model's lock (``grit.serve.scheduler.FairGate``); ``hold`` and ``between_tokens`` pass through
     to it, so everything else that shares the model (embedding batches, prefills) goes through this object too.
     ``max_batch`` caps the sequences decoded at once; more wait, in arrival order, for a row to free up.
+    ``step``: which step function runs the batch (``grit.decode_step.step_for``: auto, llama, transformers).
     """
 
     def __init__(self, lm: torch.nn.Module, tokenizer, gate: Gate, max_batch: int = 32,
-                 threads: int | None = None) -> None:  # fmt: skip
+                 threads: int | None = None, step: str = "auto") -> None:  # fmt: skip
         reason = unsupported(lm)
         if reason is not None:
             raise ValueError(f"{type(lm).__name__} cannot be decoded in a shared batch: {reason}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.lm, self.tokenizer, self.gate, self.max_batch = lm, tokenizer, gate, max_batch
+        self.step_fn = step_for(lm, step)
         self.device = next(lm.parameters()).device
         # Decoding steps on the CPU run on fewer threads than prefill (grit.hardware's module doc says why), where
         # the gate runs the model's work (a server's model thread).
@@ -158,8 +233,7 @@ class ContinuousDecoder:
         self._wake = threading.Condition()
         self._closed = False
         self._rows: list[Row] = []
-        self._cache = None  # DynamicCache (B, heads, L, head_dim) per layer, left-padded
-        self._mask: torch.Tensor | None = None  # (B, L) 1 where a cached column is a real token of that row
+        self._batch: KVBatch | None = None  # the rows' caches, left-padded
         self.steps = 0  # decoding steps run (tests and metrics read these)
         self.batch_sizes: list[int] = []  # rows in each step, the last 1,000
         self.on_step: Callable[[int], None] | None = None  # called with each step's batch size (metrics)
@@ -204,23 +278,13 @@ class ContinuousDecoder:
         """Prefill ``ids`` (1, T) for the caller, under the gate (on top of ``past_key_values``, which may hold the
         states of its first tokens), and hand the sequence to the decoding thread. Returns a future of the prompt and
         the generated tokens (1, T + new), as ``transformers.generate`` returns them."""
-        config = generation_config(self.lm, params, self.tokenizer)
-        ends = token_set(config.eos_token_id)
-        generator = torch.Generator(device=self.device)
-        if params.seed is not None:
-            generator.manual_seed(params.seed)
-        else:
-            generator.seed()
-        stop = StopOnText(self.tokenizer, params.stop, 0) if params.stop else None
-        seq = Row(ids, params, generator, cancel, streamer, stop, ends)
-        if streamer is not None:
-            streamer.put(ids.cpu())  # the prompt, as generate sends it first (a streamer may skip it)
+        seq = new_row(self.lm, self.tokenizer, ids, params, cancel, streamer)
         began = time.perf_counter()
         try:
             with self.gate.hold(), torch.inference_mode():
                 # Chunks offer the gate between them, here; the rest runs where the gate runs the model's work.
                 cache = prefill(self.lm, ids, past_key_values, self.gate)
-                cache, token = self.gate.run(self._first_token, seq, ids, cache)
+                cache, token = self.gate.run(first_token, self.lm, seq, ids, cache)
             done = seq.add(token, self.tokenizer)
         except BaseException as e:
             seq.finish(e)
@@ -241,29 +305,6 @@ class ContinuousDecoder:
     def generate(self, ids, params, past_key_values=None, cancel=None, streamer=None) -> torch.Tensor:
         return self.start(ids, params, past_key_values, cancel, streamer).result()
 
-    def _first_token(self, seq: Row, ids: torch.Tensor, cache) -> tuple[object, int]:
-        """The cache of all of ``ids`` (1, T) and the first sampled token of ``seq``: the rest of ``ids`` run on top
-        of ``cache`` (a prefill of its first tokens, or None). The argmax over the vocabulary is a parallel
-        reduction, so it runs here too, not in the caller's thread."""
-        from transformers import DynamicCache
-
-        if cache is None:
-            cache = DynamicCache(config=self.lm.config)
-        done = cache.get_seq_length()
-        if done >= ids.shape[1]:  # everything cached: run the last token again for its logits
-            crop_cache(cache, ids.shape[1] - 1)
-            done = ids.shape[1] - 1
-        positions = torch.arange(done, ids.shape[1], device=ids.device)[None]
-        out = self.lm(input_ids=ids[:, done:], position_ids=positions, use_cache=True, logits_to_keep=1,
-                      **cache_argument(cache))  # fmt: skip
-        return cache, self._pick(seq, out.logits[0, -1].float())
-
-    def _pick(self, seq: Row, logits: torch.Tensor) -> int:
-        if len(seq.tokens) < seq.params.min_new_tokens and seq.ends:
-            logits = logits.clone()
-            logits[list(seq.ends)] = -float("inf")
-        return sample(logits, seq.params, seq.generator)
-
     # The decoding thread's side.
     def _loop(self) -> None:
         while True:
@@ -282,7 +323,7 @@ class ContinuousDecoder:
                 log.exception("decoding step of %d sequences failed", len(self._rows))
                 for seq in self._rows:
                     seq.finish(e)
-                self._rows, self._cache, self._mask = [], None, None
+                self._rows, self._batch = [], None
         for seq in self._rows + joining:
             seq.finish(RuntimeError("the decoder was closed"))
 
@@ -296,21 +337,8 @@ class ContinuousDecoder:
         """Add the joining sequences' caches to the batch, every cache left-padded to the widest."""
         if not joins:
             return
-        from transformers import DynamicCache
-
-        parts = ([] if self._cache is None else [(self._cache, self._mask)]) + [
-            (cache, torch.ones((1, cache.get_seq_length()), dtype=torch.long, device=self.device))
-            for _, cache in joins
-        ]
-        width = max(mask.shape[1] for _, mask in parts)
-        layers = []
-        for i in range(len(parts[0][0].layers)):
-            keys = [pad_left(cache.layers[i].keys, width) for cache, _ in parts]
-            values = [pad_left(cache.layers[i].values, width) for cache, _ in parts]
-            layers.append((torch.cat(keys), torch.cat(values)))
-        masks = [torch.nn.functional.pad(mask, (width - mask.shape[1], 0)) for _, mask in parts]
-        self._cache = DynamicCache(layers, config=self.lm.config)
-        self._mask = torch.cat(masks)
+        parts = ([] if self._batch is None else [self._batch]) + [KVBatch.of_cache(cache) for _, cache in joins]
+        self._batch = KVBatch.stack(parts)
         self._rows += [seq for seq, _ in joins]
 
     def _step(self) -> None:
@@ -320,18 +348,14 @@ class ContinuousDecoder:
             return
         tokens = torch.tensor([[seq.tokens[-1]] for seq in rows], device=self.device)
         positions = torch.tensor([[seq.position] for seq in rows], device=self.device)
-        mask = torch.cat([self._mask, torch.ones((len(rows), 1), dtype=self._mask.dtype, device=self.device)], 1)
-        out = self.lm(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True,
-                      **cache_argument(self._cache))  # fmt: skip
-        self._mask = mask
-        logits = out.logits[:, -1].float()
+        logits = self.step_fn(self.lm, self._batch, tokens, positions)
         self.steps += 1
         self.batch_sizes = (self.batch_sizes + [len(rows)])[-1000:]
         if self.on_step is not None:
             self.on_step(len(rows))
         keep = []
         for row, seq in enumerate(rows):
-            if seq.add(self._pick(seq, logits[row]), self.tokenizer):
+            if seq.add(pick(seq, logits[row]), self.tokenizer):
                 seq.finish()
             else:
                 keep.append(row)
@@ -341,16 +365,9 @@ class ContinuousDecoder:
     def _drop(self, keep: list[int]) -> None:
         """Keep only rows ``keep``, and only the columns some kept row uses."""
         if not keep:
-            self._rows, self._cache, self._mask = [], None, None
+            self._rows, self._batch = [], None
             return
-        from transformers import DynamicCache
-
-        index = torch.tensor(keep, device=self.device)
-        mask = self._mask[index]
-        first = int(mask.any(0).nonzero()[0])  # columns before it are padding in every kept row
-        layers = [(layer.keys[index, :, first:], layer.values[index, :, first:]) for layer in self._cache.layers]
-        self._cache = DynamicCache(layers, config=self.lm.config)
-        self._mask = mask[:, first:]
+        self._batch = self._batch.keep(keep)
         self._rows = [self._rows[i] for i in keep]
 
 
@@ -363,8 +380,3 @@ def close_all() -> None:
     exception", from torch's thread pools): every open decoder is closed first."""
     for decoder in list(OPEN):
         decoder.close()
-
-
-def pad_left(states: torch.Tensor, width: int) -> torch.Tensor:
-    """(B, heads, L, head_dim) → (B, heads, width, head_dim) with zeros in front (masked: never attended to)."""
-    return torch.nn.functional.pad(states, (0, 0, width - states.shape[2], 0))

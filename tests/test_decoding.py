@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from grit import generation
-from grit.decoding import ContinuousDecoder, Row, sample, unsupported
+from grit.decoding import ContinuousDecoder, Row, decode_alone, pick, sample, unsupported
 from grit.generation import SamplingParams, finish
 from grit.serve.scheduler import FairGate
 
@@ -22,16 +23,17 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture
-def decoder(tiny_grit):
-    d = ContinuousDecoder(tiny_grit.lm, tiny_grit.tokenizer, FairGate(), max_batch=8)
+@pytest.fixture(params=["llama", "transformers"])
+def decoder(tiny_grit, request):
+    """Each test on both step functions (grit.decode_step): the fast Llama path and the model's own forward."""
+    d = ContinuousDecoder(tiny_grit.lm, tiny_grit.tokenizer, FairGate(), max_batch=8, step=request.param)
     yield d
     d.close()
 
 
 def alone(grit, ids, params, cache=None) -> str:
-    """The answer of transformers' generate, one prompt at a time."""
-    return generation.complete(grit.lm, grit.tokenizer, ids, params, cache).text
+    """The answer of transformers' generate, one prompt at a time (under a plain gate, which takes that path)."""
+    return generation.complete(grit.lm, grit.tokenizer, ids, params, cache, gate=FairGate()).text
 
 
 def together(grit, decoder, ids_list, params_list) -> list[str]:
@@ -158,14 +160,14 @@ def test_a_failed_step_fails_its_batch_and_the_decoder_goes_on(tiny_grit, decode
     assert finish(tiny_grit.tokenizer, ids, got, params).text == alone(tiny_grit, ids, params)
 
 
-def test_min_new_tokens_holds_back_the_end_token(tiny_grit, decoder):
+def test_min_new_tokens_holds_back_the_end_token(tiny_grit):
     ends = {tiny_grit.end_token_id}
     logits = torch.zeros(tiny_grit.vocab_size)
     logits[tiny_grit.end_token_id] = 10.0  # the end token is by far the likeliest
     row = Row(torch.zeros((1, 1), dtype=torch.long), SamplingParams(4, min_new_tokens=2), None, None, None, None, ends)
-    assert decoder._pick(row, logits) != tiny_grit.end_token_id
+    assert pick(row, logits) != tiny_grit.end_token_id
     row.tokens = [5, 6]
-    assert decoder._pick(row, logits) == tiny_grit.end_token_id
+    assert pick(row, logits) == tiny_grit.end_token_id
 
 
 @pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9), (1.3, 0.5), (0.5, 0.05)])
@@ -191,3 +193,47 @@ def test_models_the_decoder_cannot_batch_are_named(tiny_grit, monkeypatch):
     monkeypatch.setattr(tiny_grit.lm.config, "sliding_window", 8, raising=False)
     monkeypatch.setattr(tiny_grit.lm.config, "layer_types", ["sliding_attention"] * 2, raising=False)
     assert "Sliding" in (unsupported(tiny_grit.lm) or "")
+
+
+@pytest.fixture(scope="module")
+def sampled_text(tiny_grit):
+    """A seeded answer of the tiny model (its greedy answers are all line breaks: no stop string to find there)."""
+    ids = tiny_grit.prompt_ids(PROMPTS[1], 30)
+    return alone(tiny_grit, ids, SamplingParams(30, temperature=1.0, seed=3))
+
+
+ALONE_CASES = {
+    "greedy": dict(max_new_tokens=20),
+    "seeded": dict(max_new_tokens=20, temperature=0.9, top_p=0.8, seed=3),
+    "fixed length": dict(max_new_tokens=12, min_new_tokens=12),
+    "stop string": dict(max_new_tokens=30, temperature=1.0, seed=3),  # the stop: a word of that answer
+}
+
+
+@pytest.mark.parametrize("step", ["llama", "transformers"])
+@pytest.mark.parametrize("case", sorted(ALONE_CASES))
+def test_one_prompt_decoded_alone_is_what_generate_decodes(tiny_grit, sampled_text, case, step):
+    settings = dict(ALONE_CASES[case])
+    if case == "stop string":
+        words = re.findall("[a-z]{3,}", sampled_text)
+        assert len(words) > 1
+        settings["stop"] = [words[1]]
+    params = SamplingParams(**settings)
+    ids = tiny_grit.prompt_ids(PROMPTS[1], params.max_new_tokens)
+    out = decode_alone(tiny_grit.lm, tiny_grit.tokenizer, ids, params, step=step)
+    got = finish(tiny_grit.tokenizer, ids, out, params)
+    assert got == generation.complete(tiny_grit.lm, tiny_grit.tokenizer, ids, params, gate=FairGate())
+    if case == "stop string":
+        assert got.finish_reason == "stop" and got.text == sampled_text[: sampled_text.index(words[1])]
+    # Without a gate, complete itself takes this path.
+    assert generation.complete(tiny_grit.lm, tiny_grit.tokenizer, ids, params) == got
+
+
+def test_a_generation_alone_streams_its_pieces_and_stops_when_cancelled(tiny_grit, sampled_text):
+    pieces = list(tiny_grit.chat(PROMPTS[1], max_new_tokens=30, temperature=1.0, seed=3))
+    assert "".join(pieces) == sampled_text and len(pieces) > 1
+    cancel = threading.Event()
+    cancel.set()  # set before it starts: one token, then it ends as cancelled
+    ids = tiny_grit.prompt_ids(PROMPTS[1], 30)
+    got = generation.complete(tiny_grit.lm, tiny_grit.tokenizer, ids, SamplingParams(30), cancel=cancel)
+    assert (got.completion_tokens, got.finish_reason) == (1, "cancelled")
