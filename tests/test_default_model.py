@@ -116,3 +116,20 @@ def test_float16_weights_answer_and_embed_as_float32_does(default_model):
     texts = ["A man is playing a guitar.", "The stock market fell sharply."]
     cosines = (packed.encode(texts) * default_model.encode(texts)).sum(1)
     assert np.all(cosines > 0.9999), cosines
+
+
+@pytest.mark.parametrize("weights", ["plain", "float16"])
+def test_decoding_alone_gives_the_tokens_of_generate_on_the_real_model(default_model, weights):
+    """grit's own decoding loop (one prompt, no gate: grit.decoding.decode_alone, with the Llama step) against
+    transformers' generate (what a plain gate still runs), token for token over 64 greedy tokens."""
+    from grit import generation
+    from grit.fp16_weights import unavailable
+    from grit.serve.scheduler import FairGate
+
+    if weights == "float16" and unavailable():
+        pytest.skip(unavailable())
+    model = default_model if weights == "plain" else GritModel.load(weights="float16")
+    params = generation.SamplingParams(64, min_new_tokens=64)
+    ids = model.prompt_ids("Write a haiku about autumn rain.", 64)
+    ours = generation.complete(model.lm, model.tokenizer, ids, params)
+    assert ours == generation.complete(model.lm, model.tokenizer, ids, params, gate=FairGate())
