@@ -4,6 +4,7 @@ process; float32 and bfloat16; with the OpenMP settings that decide how it survi
     python bench/decode.py                       # default model; float32 and bfloat16 where native; quiet + busy
     python bench/decode.py --tokens 32 --dtypes float32 --no-busy   # a quick check
     python bench/decode.py --weights plain,float16 --dtypes float32  # float16-stored weights against plain ones
+    python bench/decode.py --steps transformers,llama --no-busy     # the model's forward against grit's Llama step
 
 Each configuration runs in a fresh process (OpenMP reads its environment once, at start), one after the other:
   - single: one greedy generation of ``--tokens`` tokens (fixed length) through ``grit.decoding.ContinuousDecoder``:
@@ -44,7 +45,7 @@ def questions(n: int) -> list[str]:
 
 
 def measure(dtype: str, weights: str, tokens: int, concurrent: int, model_path: str | None,
-            model_thread: bool) -> dict:  # fmt: skip
+            model_thread: bool, step: str = "auto") -> dict:  # fmt: skip
     """In this process: the three measurements for one dtype. With ``model_thread``, as ``grit serve`` runs: the
     model is loaded on a ``ModelThread`` and every forward pass runs there (decoding steps too, on
     ``decode_threads``)."""
@@ -60,7 +61,7 @@ def measure(dtype: str, weights: str, tokens: int, concurrent: int, model_path: 
     model = worker.call(load) if worker else load()
     prompts = [model.prompt_ids([{"role": "user", "content": q}], tokens) for q in questions(concurrent)]
     params = SamplingParams(tokens, min_new_tokens=tokens)  # greedy, fixed length
-    decoder = ContinuousDecoder(model.lm, model.tokenizer, FairGate(worker), max_batch=concurrent)
+    decoder = ContinuousDecoder(model.lm, model.tokenizer, FairGate(worker), max_batch=concurrent, step=step)
     first = []
     decoder.on_first_token = first.append
     decoder.generate(prompts[0], SamplingParams(4, min_new_tokens=4))  # warm-up
@@ -89,6 +90,7 @@ def measure(dtype: str, weights: str, tokens: int, concurrent: int, model_path: 
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "model_thread": model_thread,
         "decode_threads": decoder.threads or torch.get_num_threads(),
+        "step": decoder.step_fn.__name__,
         "time_to_first_token_s": first[0],
         "single_tokens_per_s": (tokens - 1) / (single_s - first[0]),
         "batched_tokens_per_s": concurrent * tokens / batched_s,
@@ -99,6 +101,7 @@ def measure(dtype: str, weights: str, tokens: int, concurrent: int, model_path: 
 def run_child(config: dict, busy: bool, args) -> dict:
     env = {**os.environ, **config.get("env", {})}
     command = [sys.executable, __file__, "--child", config["dtype"], "--weights", config["weights"],
+               "--steps", config["step"],
                "--tokens", str(args.tokens),
                "--concurrent", str(args.concurrent)] + (["--model", args.model] if args.model else [])  # fmt: skip
     command += ["--model-thread"] if config.get("model_thread") else []
@@ -125,6 +128,8 @@ def main() -> None:
         default="auto",
         help="comma-separated: auto, plain, float16 (grit.fp16_weights; float32 only: others run plain)",
     )
+    p.add_argument("--steps", default="auto",
+                   help="comma-separated decoding steps (grit.decode_step): auto, llama, transformers")  # fmt: skip
     p.add_argument("--busy", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--out", type=Path, default=OUT / "decode.json")
     p.add_argument("--settings", default="default,server,passive,one-thread",
@@ -135,7 +140,11 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         print(
-            json.dumps(measure(args.child, args.weights, args.tokens, args.concurrent, args.model, args.model_thread))
+            json.dumps(
+                measure(
+                    args.child, args.weights, args.tokens, args.concurrent, args.model, args.model_thread, args.steps
+                )
+            )
         )
         return
     dtypes = args.dtypes.split(",") if args.dtypes else ["float32"] + (["bfloat16"] if cpu_has_fast_bf16() else [])
@@ -143,14 +152,15 @@ def main() -> None:
                 "one-thread": {"GRIT_THREADS": "1"}}  # fmt: skip
     weights = args.weights.split(",")
     numerics = [(d, w) for d in dtypes for w in dict.fromkeys(weights if d == "float32" else ["plain"])]
-    configs = [{"name": s, "dtype": d, "weights": w, "env": settings[s], "model_thread": s == "server"}
-               for s in args.settings.split(",") for d, w in numerics]  # fmt: skip
+    configs = [{"name": s, "dtype": d, "weights": w, "step": step, "env": settings[s], "model_thread": s == "server"}
+               for s in args.settings.split(",") for d, w in numerics for step in args.steps.split(",")]  # fmt: skip
     rows = []
     for config in configs:
         for busy in [False, True] if args.busy else [False]:
             rows.append(run_child(config, busy, args))
             r = rows[-1]
-            print(f"{r['setting']:8s} {r['dtype']:9s} {r['weights']:7s} {'busy' if busy else 'quiet':5s} first token "
+            print(f"{r['setting']:8s} {r['dtype']:9s} {r['weights']:7s} {r['step']:17s} "
+                  f"{'busy' if busy else 'quiet':5s} first token "
                   f"{r['time_to_first_token_s']:.2f} s, single {r['single_tokens_per_s']:.1f} tok/s, batched x"
                   f"{args.concurrent} {r['batched_tokens_per_s']:.1f}, in turn {r['in_turn_tokens_per_s']:.1f}",
                   flush=True)  # fmt: skip

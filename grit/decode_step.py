@@ -147,7 +147,7 @@ def llama_step(lm: torch.nn.Module, batch: KVBatch, tokens: torch.Tensor, positi
     cos, sin = cos[:, None], sin[:, None]  # (B, 1, 1, head_dim): one position a row, broadcast over heads
     for i, layer in enumerate(model.layers):
         attn = layer.self_attn
-        h = layer.input_layernorm(x)
+        h = rms_norm(layer.input_layernorm, x)
         q = attn.q_proj(h).view(rows, 1, -1, attn.head_dim).transpose(1, 2)
         k = attn.k_proj(h).view(rows, 1, -1, attn.head_dim).transpose(1, 2)
         v = attn.v_proj(h).view(rows, 1, -1, attn.head_dim).transpose(1, 2)
@@ -157,9 +157,18 @@ def llama_step(lm: torch.nn.Module, batch: KVBatch, tokens: torch.Tensor, positi
         o = F.scaled_dot_product_attention(q, batch.keys[i][:, :, : n + 1], batch.values[i][:, :, : n + 1],
                                            attn_mask=mask, scale=attn.scaling, enable_gqa=True)  # fmt: skip
         x = x + attn.o_proj(o.transpose(1, 2).reshape(rows, 1, -1))
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
+        x = x + layer.mlp(rms_norm(layer.post_attention_layernorm, x))
     batch.length = n + 1
-    return lm.lm_head(model.norm(x))[:, -1].float()
+    return lm.lm_head(rms_norm(model.norm, x))[:, -1].float()
+
+
+def rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """transformers' ``LlamaRMSNorm`` of float32 ``x`` as one aten call: the same operations in the same order, in
+    C++ (equal to the bit) instead of eight operators dispatched from Python, 61 times a step. Other dtypes (the
+    module casts bf16 to float32 and back) and other norms go through the module."""
+    if x.dtype == torch.float32 and type(norm).__name__ == "LlamaRMSNorm":
+        return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
+    return norm(x)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

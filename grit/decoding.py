@@ -178,33 +178,61 @@ def pick(seq: Row, logits: torch.Tensor) -> int:
     return sample(logits, seq.params, seq.generator)
 
 
+def advance(step, lm, tokenizer, rows: list[Row], batch: KVBatch) -> list[int]:
+    """One token for every row of ``batch`` (``step``: a ``grit.decode_step`` step function); rows that end are
+    finished. Returns the indices of the rows that go on."""
+    tokens = torch.tensor([[seq.tokens[-1]] for seq in rows], device=batch.mask.device)
+    positions = torch.tensor([[seq.position] for seq in rows], device=batch.mask.device)
+    logits = step(lm, batch, tokens, positions)
+    keep = []
+    for row, seq in enumerate(rows):
+        if seq.add(pick(seq, logits[row]), tokenizer):
+            seq.finish()
+        else:
+            keep.append(row)
+    return keep
+
+
 @torch.inference_mode()
-def decode_alone(lm, tokenizer, ids: torch.Tensor, params: SamplingParams, past_key_values=None, cancel=None,
-                 streamer=None, step: str = "auto") -> torch.Tensor:  # fmt: skip
-    """One generation decoded on the calling thread with the decoder's step and sampling (no thread, no batch):
-    what ``transformers.generate`` returns for ``ids`` (1, T), prompt and new tokens (1, T + new), with the same
-    greedy tokens and the same seeded draws, for a fraction of its per-token overhead. ``past_key_values`` may hold
-    the states of the first tokens of ``ids`` (a RAG cache)."""
+def decode_together(lm, tokenizer, prompts: list[torch.Tensor], params: SamplingParams, past_key_values=None,
+                    cancel=None, streamer=None, step: str = "auto") -> list[torch.Tensor]:  # fmt: skip
+    """Prompts (each (1, T)) decoded as one batch on the calling thread, with no decoding thread and no gate: each
+    prefilled alone, then one step a token for all rows still going, a row that ends leaving the batch (transformers'
+    batched ``generate`` pads every prompt to the longest and steps finished rows until the last one ends). Each
+    result is what ``transformers.generate`` returns for that prompt alone, prompt and new tokens (1, T + new): the
+    same greedy tokens, and, as every row draws from its own generator, the same seeded samples. ``past_key_values``
+    (the states of a prompt's first tokens, a RAG cache) and ``streamer`` are for a single prompt."""
+    if len(prompts) > 1 and (past_key_values is not None or streamer is not None):
+        raise ValueError("a cache or a streamer is for one prompt, not a batch")
     step_fn = step_for(lm, step)
-    seq = new_row(lm, tokenizer, ids, params, cancel, streamer)
+    every: list[Row] = []
+    rows, parts = [], []
     try:
-        cache, token = first_token(lm, seq, ids, prefill(lm, ids, past_key_values, None))
-        if not seq.add(token, tokenizer):
-            batch = KVBatch.of_cache(cache)
-            del cache
-            # A step is hundreds of tiny products: fewer threads than prefill (grit.hardware's module doc).
-            threads = decode_threads(torch.get_num_threads()) if ids.device.type == "cpu" else 0
-            with torch_threads(threads) if threads else nullcontext():
-                while True:
-                    token_ids = torch.tensor([[seq.tokens[-1]]], device=ids.device)
-                    positions = torch.tensor([[seq.position]], device=ids.device)
-                    if seq.add(pick(seq, step_fn(lm, batch, token_ids, positions)[0]), tokenizer):
-                        break
+        for ids in prompts:
+            seq = new_row(lm, tokenizer, ids, params, cancel, streamer)
+            every.append(seq)
+            cache, token = first_token(lm, seq, ids, prefill(lm, ids, past_key_values, None))
+            if seq.add(token, tokenizer):
+                seq.finish()
+            else:
+                rows.append(seq)
+                parts.append(KVBatch.of_cache(cache))
+        batch = KVBatch.stack(parts) if parts else None
+        del parts, cache
+        # A step is hundreds of tiny products: fewer threads than prefill (grit.hardware's module doc).
+        device = prompts[0].device
+        threads = decode_threads(torch.get_num_threads()) if device.type == "cpu" else 0
+        with torch_threads(threads) if threads else nullcontext():
+            while rows:
+                keep = advance(step_fn, lm, tokenizer, rows, batch)
+                if len(keep) < len(rows):
+                    rows = [rows[i] for i in keep]
+                    batch = batch.keep(keep) if keep else None
     except BaseException as e:
-        seq.finish(e)
+        for seq in every:
+            seq.finish(e)  # rows already finished keep their result
         raise
-    seq.finish()
-    return seq.future.result()
+    return [seq.future.result() for seq in every]
 
 
 class ContinuousDecoder:
@@ -346,19 +374,11 @@ class ContinuousDecoder:
         rows = self._rows
         if not rows:
             return
-        tokens = torch.tensor([[seq.tokens[-1]] for seq in rows], device=self.device)
-        positions = torch.tensor([[seq.position] for seq in rows], device=self.device)
-        logits = self.step_fn(self.lm, self._batch, tokens, positions)
+        keep = advance(self.step_fn, self.lm, self.tokenizer, rows, self._batch)
         self.steps += 1
         self.batch_sizes = (self.batch_sizes + [len(rows)])[-1000:]
         if self.on_step is not None:
             self.on_step(len(rows))
-        keep = []
-        for row, seq in enumerate(rows):
-            if seq.add(pick(seq, logits[row]), self.tokenizer):
-                seq.finish()
-            else:
-                keep.append(row)
         if len(keep) < len(rows):
             self._drop(keep)
 

@@ -219,14 +219,14 @@ def run_generate(
     ``past_key_values`` may already hold the states of the first tokens of ``ids`` (RAG cache reuse); generate then
     runs only the rest through the model. One unpadded prompt is decoded by grit's own loop instead, with the same
     tokens and draws: in a ``DecodingGate``'s shared batch, or, without a gate, on this thread
-    (``grit.decoding.decode_alone``: ~1.5x fewer seconds a token than generate for a Llama on a CPU)."""
+    (``grit.decoding.decode_together``)."""
     if isinstance(gate, DecodingGate) and attention_mask is None and ids.shape[0] == 1:
         return gate.start(ids, params, past_key_values, cancel, streamer).result()
     if gate is None and attention_mask is None and ids.shape[0] == 1:
-        from grit.decoding import decode_alone, unsupported  # grit.decoding imports this module
+        from grit.decoding import decode_together, unsupported  # grit.decoding imports this module
 
         if unsupported(model) is None:
-            return decode_alone(model, tokenizer, ids, params, past_key_values, cancel, streamer)
+            return decode_together(model, tokenizer, [ids], params, past_key_values, cancel, streamer)[0]
     criteria = StoppingCriteriaList()
     if params.stop:
         criteria.append(StopOnText(tokenizer, params.stop, ids.shape[1]))
@@ -326,17 +326,23 @@ def complete_batch(
 
     A decoding step reads every weight once whatever the batch, so where a small model's step is bound by memory
     (a CPU) a step for eight prompts costs far less than eight steps: about 2.2 times one on this project's 2-core
-    machine. Prefill gains nothing (it is bound by compute already). Prompts are left-padded (the attention mask
-    hides the pads and positions count real tokens only), and grouped by length so a batch pads little
-    (``length_groups``). Greedy answers are the unbatched ones (tests/test_generate.py checks it); with sampling,
-    ``seed`` seeds each batch, so they differ. ``cancel`` ends the batch under way and skips the rest (their
-    answers are empty, "cancelled"); ``gate`` is held per batch and offered to waiting work after every token.
+    machine. Prefill gains nothing (it is bound by compute already). Prompts are grouped by length so a batch pads
+    little (``length_groups``). Without a gate a batch is decoded by ``grit.decoding.decode_together`` (each
+    prompt prefilled alone, rows leave the batch as they end): answers equal the unbatched ones, greedy or seeded.
+    Under a gate that does not batch (a server decoding in turn) or for a model the decoder cannot run,
+    transformers' ``generate`` decodes the batch left-padded (the attention mask hides the pads and positions
+    count real tokens only); greedy answers are the unbatched ones (tests/test_generate.py checks it); with
+    sampling, ``seed`` seeds each batch, so they differ. ``cancel`` ends the batch under way and skips the rest
+    (their answers are empty, "cancelled"); ``gate`` is held per batch and offered to waiting work after every
+    token.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if isinstance(gate, DecodingGate):  # every prompt is a row of the gate's shared batch, from its first token
         futures = [gate.start(ids, params, cancel=cancel) for ids in prompts]
         return [finish(tokenizer, ids, f.result(), params, cancel) for ids, f in zip(prompts, futures, strict=True)]
+    from grit.decoding import decode_together, unsupported  # grit.decoding imports this module
+
     pad = generation_config(model, params, tokenizer).pad_token_id
     ends = token_set(tokenizer.eos_token_id)
     out: list[Generation | None] = [None] * len(prompts)
@@ -344,6 +350,11 @@ def complete_batch(
         if cancel is not None and cancel.is_set():
             for i in group:
                 out[i] = Generation("", prompts[i].shape[1], 0, "cancelled")
+            continue
+        if gate is None and unsupported(model) is None:
+            generated = decode_together(model, tokenizer, [prompts[i] for i in group], params, cancel=cancel)
+            for i, out_ids in zip(group, generated, strict=True):
+                out[i] = finish(tokenizer, prompts[i], out_ids, params, cancel)
             continue
         width = prompts[group[-1]].shape[1]
         ids = torch.full((len(group), width), pad, dtype=torch.long, device=prompts[group[0]].device)

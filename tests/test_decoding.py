@@ -10,7 +10,7 @@ import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from grit import generation
-from grit.decoding import ContinuousDecoder, Row, decode_alone, pick, sample, unsupported
+from grit.decoding import ContinuousDecoder, Row, decode_together, pick, sample, unsupported
 from grit.generation import SamplingParams, finish
 from grit.serve.scheduler import FairGate
 
@@ -220,7 +220,7 @@ def test_one_prompt_decoded_alone_is_what_generate_decodes(tiny_grit, sampled_te
         settings["stop"] = [words[1]]
     params = SamplingParams(**settings)
     ids = tiny_grit.prompt_ids(PROMPTS[1], params.max_new_tokens)
-    out = decode_alone(tiny_grit.lm, tiny_grit.tokenizer, ids, params, step=step)
+    out = decode_together(tiny_grit.lm, tiny_grit.tokenizer, [ids], params, step=step)[0]
     got = finish(tiny_grit.tokenizer, ids, out, params)
     assert got == generation.complete(tiny_grit.lm, tiny_grit.tokenizer, ids, params, gate=FairGate())
     if case == "stop string":
@@ -237,3 +237,27 @@ def test_a_generation_alone_streams_its_pieces_and_stops_when_cancelled(tiny_gri
     ids = tiny_grit.prompt_ids(PROMPTS[1], 30)
     got = generation.complete(tiny_grit.lm, tiny_grit.tokenizer, ids, SamplingParams(30), cancel=cancel)
     assert (got.completion_tokens, got.finish_reason) == (1, "cancelled")
+
+
+@pytest.mark.parametrize("step", ["llama", "transformers"])
+def test_prompts_decoded_together_on_one_thread_answer_as_each_alone(tiny_grit, sampled_text, step):
+    ids = [tiny_grit.prompt_ids(p, 16) for p in PROMPTS]
+    words = re.findall("[a-z]{3,}", sampled_text)
+    # Seeded samples (each row draws from its own generator) and a stop string that ends one row early.
+    params = SamplingParams(16, temperature=1.0, seed=3, stop=[words[0]])
+    out = decode_together(tiny_grit.lm, tiny_grit.tokenizer, ids, params, step=step)
+    got = [finish(tiny_grit.tokenizer, i, o, params) for i, o in zip(ids, out, strict=True)]
+    assert got == [generation.complete(tiny_grit.lm, tiny_grit.tokenizer, i, params, gate=FairGate()) for i in ids]
+    assert sorted(g.completion_tokens for g in got)[0] < 16 <= max(g.completion_tokens for g in got)  # one ended early
+    cancel = threading.Event()
+    cancel.set()
+    greedy = SamplingParams(16)
+    out = decode_together(tiny_grit.lm, tiny_grit.tokenizer, ids, greedy, cancel=cancel, step=step)
+    reasons = [finish(tiny_grit.tokenizer, i, o, greedy, cancel).finish_reason for i, o in zip(ids, out, strict=True)]
+    assert reasons == ["cancelled"] * len(ids)
+
+
+def test_a_cache_or_a_streamer_is_refused_for_a_batch(tiny_grit):
+    ids = [tiny_grit.prompt_ids(p, 4) for p in PROMPTS[:2]]
+    with pytest.raises(ValueError, match="for one prompt, not a batch"):
+        decode_together(tiny_grit.lm, tiny_grit.tokenizer, ids, SamplingParams(4), streamer=object())

@@ -120,7 +120,7 @@ def test_float16_weights_answer_and_embed_as_float32_does(default_model):
 
 @pytest.mark.parametrize("weights", ["plain", "float16"])
 def test_decoding_alone_gives_the_tokens_of_generate_on_the_real_model(default_model, weights):
-    """grit's own decoding loop (one prompt, no gate: grit.decoding.decode_alone, with the Llama step) against
+    """grit's own decoding loop (one prompt, no gate: grit.decoding.decode_together, with the Llama step) against
     transformers' generate (what a plain gate still runs), token for token over 64 greedy tokens."""
     from grit import generation
     from grit.fp16_weights import unavailable
