@@ -16,14 +16,17 @@ How it runs:
   sequences in buffers that grow in place, a mask that hides the padding, each sequence's own position. Between
   steps new sequences join (their cache is padded to the batch's width) and finished ones leave (their rows are
   dropped, and columns that only padding used). A step runs ``grit.decode_step.llama_step`` for Llama-family
-  models (the model's own modules without transformers' per-token machinery: equal logits, ~1.xx faster a step)
-  and the model's forward for the rest.
+  models (the model's own modules without transformers' per-token machinery: equal logits; single-stream decode
+  1.4-1.6x, 8 rows 1.2x with float16 weights on 2 AVX2 cores, bench/RESULTS.md) and the model's forward for the
+  rest.
   The decoder holds the model's gate for one step at a time, so embedding batches and other prefills get the model
   between steps; the step itself runs where the gate runs the model's work (``Gate.run``).
 * Each sequence keeps its own sampling settings, stop strings, cancel event and **its own random generator**: a
   seeded answer is drawn from the same numbers whatever else is in the batch, and equals the seeded answer of
   ``grit.generation.complete`` (transformers' order: minimum length, temperature, top-p, softmax, multinomial).
   Greedy answers equal one-at-a-time ones (left padding is masked, positions count real tokens).
+* Without a shared model, ``decode_together`` runs the same rows and steps on the caller's thread, for one prompt
+  or a batch: ``grit.generation`` decodes ``complete`` and ``complete_batch`` with it when no gate is given.
 
 Models whose caches are not plain per-layer key/value tensors (sliding-window or recurrent layers) and generation
 settings transformers would add processors for (repetition penalty and the like) are decoded one request at a
