@@ -222,15 +222,13 @@ def decode_together(lm, tokenizer, prompts: list[torch.Tensor], params: Sampling
                 parts.append(KVBatch.of_cache(cache))
         batch = KVBatch.stack(parts) if parts else None
         del parts, cache
-        # A step is hundreds of tiny products: fewer threads than prefill (grit.hardware's module doc).
-        device = prompts[0].device
-        threads = decode_threads(torch.get_num_threads()) if device.type == "cpu" else 0
-        with torch_threads(threads) if threads else nullcontext():
-            while rows:
-                keep = advance(step_fn, lm, tokenizer, rows, batch)
-                if len(keep) < len(rows):
-                    rows = [rows[i] for i in keep]
-                    batch = batch.keep(keep) if keep else None
+        # On the caller's threads, as generate ran: the one-thread rule of grit.hardware is for a decoding thread
+        # beside other OpenMP teams (a server). Alone on 2 AVX2 cores, 2 threads decode a stream 1.15x faster than 1.
+        while rows:
+            keep = advance(step_fn, lm, tokenizer, rows, batch)
+            if len(keep) < len(rows):
+                rows = [rows[i] for i in keep]
+                batch = batch.keep(keep) if keep else None
     except BaseException as e:
         for seq in every:
             seq.finish(e)  # rows already finished keep their result
