@@ -45,7 +45,7 @@ def questions(n: int) -> list[str]:
 
 
 def measure(dtype: str, weights: str, tokens: int, concurrent: int, model_path: str | None,
-            model_thread: bool, step: str = "auto") -> dict:  # fmt: skip
+            model_thread: bool, step: str = "auto", decode_threads: int = 0) -> dict:  # fmt: skip
     """In this process: the three measurements for one dtype. With ``model_thread``, as ``grit serve`` runs: the
     model is loaded on a ``ModelThread`` and every forward pass runs there (decoding steps too, on
     ``decode_threads``)."""
@@ -61,7 +61,8 @@ def measure(dtype: str, weights: str, tokens: int, concurrent: int, model_path: 
     model = worker.call(load) if worker else load()
     prompts = [model.prompt_ids([{"role": "user", "content": q}], tokens) for q in questions(concurrent)]
     params = SamplingParams(tokens, min_new_tokens=tokens)  # greedy, fixed length
-    decoder = ContinuousDecoder(model.lm, model.tokenizer, FairGate(worker), max_batch=concurrent, step=step)
+    decoder = ContinuousDecoder(model.lm, model.tokenizer, FairGate(worker), max_batch=concurrent, step=step,
+                                threads=decode_threads or None)  # fmt: skip
     first = []
     decoder.on_first_token = first.append
     decoder.generate(prompts[0], SamplingParams(4, min_new_tokens=4))  # warm-up
@@ -101,7 +102,7 @@ def measure(dtype: str, weights: str, tokens: int, concurrent: int, model_path: 
 def run_child(config: dict, busy: bool, args) -> dict:
     env = {**os.environ, **config.get("env", {})}
     command = [sys.executable, __file__, "--child", config["dtype"], "--weights", config["weights"],
-               "--steps", config["step"],
+               "--steps", config["step"], "--decode-threads", str(args.decode_threads),
                "--tokens", str(args.tokens),
                "--concurrent", str(args.concurrent)] + (["--model", args.model] if args.model else [])  # fmt: skip
     command += ["--model-thread"] if config.get("model_thread") else []
@@ -130,6 +131,8 @@ def main() -> None:
     )
     p.add_argument("--steps", default="auto",
                    help="comma-separated decoding steps (grit.decode_step): auto, llama, transformers")  # fmt: skip
+    p.add_argument("--decode-threads", type=int, default=0,
+                   help="threads of a decoding step (0: grit.hardware.decode_threads, as grit serve)")  # fmt: skip
     p.add_argument("--busy", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--out", type=Path, default=OUT / "decode.json")
     p.add_argument("--settings", default="default,server,passive,one-thread",
@@ -142,7 +145,14 @@ def main() -> None:
         print(
             json.dumps(
                 measure(
-                    args.child, args.weights, args.tokens, args.concurrent, args.model, args.model_thread, args.steps
+                    args.child,
+                    args.weights,
+                    args.tokens,
+                    args.concurrent,
+                    args.model,
+                    args.model_thread,
+                    args.steps,
+                    args.decode_threads,
                 )
             )
         )
