@@ -207,6 +207,8 @@ def decode_together(lm, tokenizer, prompts: list[torch.Tensor], params: Sampling
     (the states of a prompt's first tokens, a RAG cache) and ``streamer`` are for a single prompt."""
     if len(prompts) > 1 and (past_key_values is not None or streamer is not None):
         raise ValueError("a cache or a streamer is for one prompt, not a batch")
+    if not prompts:
+        return []
     step_fn = step_for(lm, step)
     every: list[Row] = []
     rows, parts = [], []

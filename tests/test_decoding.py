@@ -257,7 +257,8 @@ def test_prompts_decoded_together_on_one_thread_answer_as_each_alone(tiny_grit, 
     assert reasons == ["cancelled"] * len(ids)
 
 
-def test_a_cache_or_a_streamer_is_refused_for_a_batch(tiny_grit):
+def test_a_cache_or_a_streamer_is_refused_for_a_batch_and_no_prompts_give_no_answers(tiny_grit):
     ids = [tiny_grit.prompt_ids(p, 4) for p in PROMPTS[:2]]
     with pytest.raises(ValueError, match="for one prompt, not a batch"):
         decode_together(tiny_grit.lm, tiny_grit.tokenizer, ids, SamplingParams(4), streamer=object())
+    assert decode_together(tiny_grit.lm, tiny_grit.tokenizer, [], SamplingParams(4)) == []
