@@ -120,6 +120,14 @@ def tiny_qwen2():
     return Qwen2ForCausalLM(config)
 
 
+def test_the_server_offers_every_step_kind():
+    from typing import get_args
+
+    from grit.serve.config import DecodeStep
+
+    assert set(get_args(DecodeStep)) == {"auto", *decode_step.STEPS}
+
+
 def test_auto_takes_the_llama_step_for_llama_and_the_forward_for_others(tiny_grit):
     assert step_for(tiny_grit.lm) is llama_step
     other = tiny_qwen2()

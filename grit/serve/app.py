@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from grit.decode_step import step_for
 from grit.decoding import ContinuousDecoder
 from grit.model import GritModel
 from grit.serve.bodies import StrictJSONRoute
@@ -148,9 +149,10 @@ def decoding_gate(model: GritModel, config: ServeConfig, model_thread: ModelThre
     gate = FairGate(model_thread)
     if config.max_decode_batch == 1:
         return gate
+    step_for(model.lm, config.decode_step)  # a step the model cannot take is refused, not left for in-turn decoding
     try:
         return ContinuousDecoder(
-            model.lm, model.tokenizer, gate, config.max_decode_batch, config.decode_threads or None
+            model.lm, model.tokenizer, gate, config.max_decode_batch, config.decode_threads or None, config.decode_step
         )
     except ValueError as e:  # the model cannot be batched (grit.decoding.unsupported says why)
         log.info("generations are decoded one at a time, in turn: %s", e)

@@ -4,9 +4,12 @@ command line is built from them (``grit.cli.serve``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 from grit.rag.modes import CACHE_MODES, CacheMode
+
+# grit.decode_step.step_for's kinds, named here so that `grit serve --help` needs no torch (a test checks both agree).
+DecodeStep = Literal["auto", "llama", "transformers"]
 
 
 def opt(default: Any, help: str, *, flag: str | None = None, cli: bool = True) -> Any:
@@ -54,6 +57,11 @@ class ServeConfig:
         "CPU threads per decoding step (0: grit.hardware.decode_threads, 1 on up to 4 CPUs: robust beside other "
         "busy processes; all threads are ~1.2x faster on a machine of its own)",
     )
+    decode_step: DecodeStep = opt(
+        "auto",
+        "how a decoding step is computed: llama (grit's step for Llama-family models: the model's own modules "
+        "without transformers' per-token machinery), transformers (the model's forward), auto (llama where it can)",
+    )
     generate_batch_size: int = opt(8, "prompts of one request decoded together where continuous batching is off")
     metrics: bool = opt(True, "serve GET /metrics (Prometheus text format, behind the API key)")
     max_body_bytes: int = opt(16 * 1024 * 1024, "the largest request body, in bytes")
@@ -87,6 +95,9 @@ class ServeConfig:
             raise ValueError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
         if self.decode_threads < 0:
             raise ValueError(f"decode_threads must be >= 0 (0: the default for this CPU), got {self.decode_threads}")
+        steps = choices_of(DecodeStep)
+        if self.decode_step not in steps:
+            raise ValueError(f"decode_step must be one of {', '.join(steps)}, got {self.decode_step!r}")
         if self.max_input_tokens < 0:
             raise ValueError(f"max_input_tokens must be >= 0, got {self.max_input_tokens}")
         if self.rag_cache not in CACHE_MODES:

@@ -144,6 +144,20 @@ def test_decode_threads_reach_the_decoder_and_a_negative_count_is_refused(tiny_g
         ServeConfig(decode_threads=-1)
 
 
+@pytest.mark.parametrize("step", ["llama", "transformers"])
+def test_the_decoding_step_reaches_the_decoder(tiny_grit, step):
+    app = create_app(tiny_grit, ServeConfig(decode_step=step))
+    try:
+        assert app.state.server.gate.step_fn.__name__ == f"{step}_step"
+    finally:
+        app.state.server.gate.close()
+
+
+def test_an_unknown_decoding_step_is_refused():
+    with pytest.raises(ValueError, match="decode_step must be one of auto, llama, transformers, got 'fast'"):
+        ServeConfig(decode_step="fast")
+
+
 def test_greedy_answers_decoded_on_the_model_thread_with_all_threads_equal_one_at_a_time(tiny_grit, model_thread):
     """``--decode-threads`` changes how a step is computed (threads split the products), not what it computes."""
     from grit.decoding import ContinuousDecoder
