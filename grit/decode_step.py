@@ -188,13 +188,13 @@ def transformers_step(
     from transformers import DynamicCache
 
     batch.reserve()
+    mask = batch.attention_mask()
     n = batch.length
-    batch.mask[:, n] = True
     cache = DynamicCache(
         [(k[:, :, :n], v[:, :, :n]) for k, v in zip(batch.keys, batch.values, strict=True)], config=lm.config
     )
-    out = lm(input_ids=tokens, attention_mask=batch.mask[:, : n + 1].long(), position_ids=positions, use_cache=True,
-             **cache_argument(cache))  # fmt: skip
+    out = lm(input_ids=tokens, attention_mask=None if mask is None else mask.long(), position_ids=positions,
+             use_cache=True, **cache_argument(cache))  # fmt: skip
     for i, layer in enumerate(cache.layers):
         batch.keys[i][:, :, n] = layer.keys[:, :, n]
         batch.values[i][:, :, n] = layer.values[:, :, n]

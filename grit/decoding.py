@@ -256,10 +256,10 @@ class ContinuousDecoder:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.lm, self.tokenizer, self.gate, self.max_batch = lm, tokenizer, gate, max_batch
         self.step_fn = step_for(lm, step)
-        self.device = next(lm.parameters()).device
+        on_cpu = next(lm.parameters()).device.type == "cpu"
         # Decoding steps on the CPU run on fewer threads than prefill (grit.hardware's module doc says why), where
         # the gate runs the model's work (a server's model thread).
-        self.threads = threads or (decode_threads(torch.get_num_threads()) if self.device.type == "cpu" else 0)
+        self.threads = threads or (decode_threads(torch.get_num_threads()) if on_cpu else 0)
         self._joining: deque[tuple[Row, object]] = deque()
         self._wake = threading.Condition()
         self._closed = False

@@ -343,6 +343,7 @@ def complete_batch(
         return [finish(tokenizer, ids, f.result(), params, cancel) for ids, f in zip(prompts, futures, strict=True)]
     from grit.decoding import decode_together, unsupported  # grit.decoding imports this module
 
+    own_loop = gate is None and unsupported(model) is None
     pad = generation_config(model, params, tokenizer).pad_token_id
     ends = token_set(tokenizer.eos_token_id)
     out: list[Generation | None] = [None] * len(prompts)
@@ -351,7 +352,7 @@ def complete_batch(
             for i in group:
                 out[i] = Generation("", prompts[i].shape[1], 0, "cancelled")
             continue
-        if gate is None and unsupported(model) is None:
+        if own_loop:
             generated = decode_together(model, tokenizer, [prompts[i] for i in group], params, cancel=cancel)
             for i, out_ids in zip(group, generated, strict=True):
                 out[i] = finish(tokenizer, prompts[i], out_ids, params, cancel)
