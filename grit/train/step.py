@@ -37,7 +37,7 @@ from .collate import EmbeddingBatch, GenerativeBatch
 from .config import TrainConfig
 from .distributed import Dist, all_sum, gather
 from .gradcache import gradcache_backward
-from .losses import contrastive_loss, next_token_loss, next_token_loss_from_states, trained_tokens
+from .losses import IGNORE, contrastive_loss, next_token_loss, next_token_loss_from_states, trained_tokens
 
 
 @dataclass
@@ -92,17 +92,20 @@ def generative(lm: torch.nn.Module, batch: GenerativeBatch, cfg: TrainConfig, d:
         mask = segment_mask(batch.segments, True, lm.dtype, batch.blocks)
         inputs |= {"attention_mask": mask, "position_ids": batch.positions}
     distill = bool(cfg.data.rag_distill) and batch.blocks is not None
-    tail = rag_tail(batch) if distill else None
+    tail = rag_tail(batch) if batch.blocks is not None else None
+    labels = batch.labels
+    if tail is not None and not cfg.data.rag_answer_loss:  # cache-aware rows train through the distillation only
+        labels = labels.masked_fill(tail, IGNORE)
     if head_is_plain(lm):
         states = lm.get_decoder()(**inputs).last_hidden_state
-        total = next_token_loss_from_states(states, lm.get_output_embeddings(), batch.labels, "sum")
+        total = next_token_loss_from_states(states, lm.get_output_embeddings(), labels, "sum")
         student = lm.get_output_embeddings()(states[tail]) if distill else None
     else:
         logits = lm(**inputs).logits  # (R, W, V)
-        total = next_token_loss(logits, batch.labels, "sum")
+        total = next_token_loss(logits, labels, "sum")
         student = logits[tail] if distill else None
     if cfg.loss_gen_type == "mixed":
-        count = all_sum(trained_tokens(batch.labels).float(), d).clamp(min=1)
+        count = all_sum(trained_tokens(labels).float(), d).clamp(min=1)
     else:
         count = batch.sequences * d.world
     loss = total * d.world / count

@@ -219,3 +219,31 @@ def test_distillation_is_zero_where_cached_reading_is_exact_and_trains_only_the_
 def test_rag_distill_must_not_be_negative():
     with pytest.raises(ValueError, match="rag_distill must be >= 0"):
         DataConfig(generative_files=["g.jsonl"], rag_distill=-1.0)
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["padded", "packed"])
+def test_without_the_answer_loss_rag_rows_train_through_the_distillation_alone(tiny_grit, dataset, pack):
+    """data.rag_answer_loss=false: the batch's next-token loss is its chat's alone (the cache-aware rows' answers
+    are not labelled), and the rows still add data.rag_distill times their KL."""
+    lm = tiny_grit.lm
+    batch = distillation_batch(tiny_grit, dataset, 2, "bidirectional", pack)
+    chat = read_generative_files([dataset.path.with_name("chat2.jsonl.gz")])[0]
+    width_cost = attention_width(lm.config) if pack else 0
+    chat_only = collate_generative(tiny_grit.tokenizer, generative_examples([chat], Batch(0, 0, ((0, 0),))), FMT,
+                                   128, width_cost, 64)  # fmt: skip
+    data = {"generative_files": ["g.jsonl"], "pack": pack, "rag_distill": 2.0}
+    answers, distilled_only = (TrainConfig(mode="generative", data=DataConfig(**data, rag_answer_loss=keep))
+                               for keep in (True, False))  # fmt: skip
+    with torch.no_grad():
+        chat_loss, _ = generative(lm, chat_only, answers, Dist())
+        with_answers, _ = generative(lm, batch, answers, Dist())
+        loss, kl = generative(lm, batch, distilled_only, Dist())
+    assert kl.item() > 1e-6
+    assert loss.item() == pytest.approx(chat_loss.item() + 2.0 * kl.item(), rel=1e-4)
+    assert abs(with_answers.item() - loss.item()) > 1e-4  # the answers' loss was there to remove
+
+
+def test_without_the_answer_loss_the_distillation_is_required():
+    with pytest.raises(ValueError, match="rag_answer_loss=false needs data.rag_distill > 0"):
+        DataConfig(generative_files=["g.jsonl"], rag_answer_loss=False)
+    assert not DataConfig(generative_files=["g.jsonl"], rag_answer_loss=False, rag_distill=0.5).rag_answer_loss
