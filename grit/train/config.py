@@ -184,8 +184,10 @@ class DataConfig:
         for name in ("embedding_batch_size", "generative_batch_size"):
             check(getattr(self, name) >= 1, f"data.{name} must be >= 1, got {getattr(self, name)}")
         check(0 <= self.rag_distill < math.inf, f"data.rag_distill must be >= 0, got {self.rag_distill}")
-        check(self.rag_answer_loss or self.rag_distill > 0,
-              "data.rag_answer_loss=false needs data.rag_distill > 0, else cache-aware rows train nothing")  # fmt: skip
+        check(
+            self.rag_answer_loss or self.rag_distill > 0,
+            "data.rag_answer_loss=false needs data.rag_distill > 0, else cache-aware rows train nothing",
+        )
         for name, files in (
             ("query_instructions", "embedding_files"),
             ("passage_instructions", "embedding_files"),
