@@ -25,10 +25,12 @@ from grit.model import GritModel
 
 from .config import LoraConfig, TrainConfig
 from .distributed import Dist, broadcast_params
+from .step import TEACHER
 
 log = logging.getLogger(__name__)
 
 ADAPTER = "adapter"  # folder of a LoRA adapter, inside a checkpoint and inside output_dir
+TRAINED = "default"  # peft's name of the adapter a run trains
 
 
 @dataclass
@@ -51,40 +53,63 @@ class Trainee:
     def save_weights(self, folder: Path) -> None:
         """Into a checkpoint: a model folder GritModel.load opens (full), or the adapter alone (LoRA)."""
         if self.peft is not None:
-            self.peft.save_pretrained(folder / ADAPTER)
+            self.save_adapter(folder / ADAPTER)
         else:
             self.lm.save_pretrained(folder)
             self.model.tokenizer.save_pretrained(folder)
 
+    def save_adapter(self, folder: Path) -> None:
+        """The trained LoRA adapter alone (a frozen teacher adapter, data.rag_teacher="start", is not saved)."""
+        self.peft.save_pretrained(folder, selected_adapters=[TRAINED])
+
     def merged(self) -> torch.nn.Module:
         """The causal LM with the adapters added into its weights (LoRA; after this the adapters are gone), or the
         trained LM itself, in the compute dtype."""
-        lm = self.peft.merge_and_unload() if self.peft is not None else self.lm
-        return lm.to(self.compute_dtype)
+        if self.peft is None:
+            return self.lm.to(self.compute_dtype)
+        if TEACHER in self.peft.peft_config:
+            self.peft.delete_adapter(TEACHER)
+        return self.peft.merge_and_unload().to(self.compute_dtype)
+
+
+def peft_config(cfg: LoraConfig, dropout: float | None = None):
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout if dropout is None else dropout,
+        target_modules=list(cfg.target_modules),
+        task_type="CAUSAL_LM",
+    )
 
 
 def add_lora(lm: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
     """Wrap ``lm`` with fresh LoRA adapters (A random, B zero: the model starts unchanged); the rest is frozen."""
-    from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
-    config = PeftLoraConfig(
-        r=cfg.r,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=list(cfg.target_modules),
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(lm, config)
+    return get_peft_model(lm, peft_config(cfg))
 
 
-def load_adapter_weights(peft_model: torch.nn.Module, folder: Path) -> None:
-    """Put the adapter weights saved in ``folder`` into ``peft_model`` (which has adapters of the same shape)."""
+def add_teacher(peft_model: torch.nn.Module, cfg: LoraConfig) -> None:
+    """A second, frozen adapter named ``TEACHER``: the model as the run starts (``cfg.init_from``'s adapter, or a
+    fresh one, whose B = 0 leaves the base unchanged), without dropout; data.rag_teacher="start" distils from it."""
+    peft_model.add_adapter(TEACHER, peft_config(cfg, dropout=0.0))
+    if cfg.init_from is not None:
+        load_adapter_weights(peft_model, Path(cfg.init_from), TEACHER)
+    peft_model.set_adapter(TRAINED)  # the trained adapter stays the active one, and the only one with gradients
+    for name, param in peft_model.named_parameters():
+        if f".{TEACHER}." in name:
+            param.requires_grad_(False)
+
+
+def load_adapter_weights(peft_model: torch.nn.Module, folder: Path, adapter: str = TRAINED) -> None:
+    """Put the adapter weights saved in ``folder`` into ``peft_model``'s ``adapter`` (of the same shape)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     state = load_file(folder / "adapter_model.safetensors", device=str(next(peft_model.parameters()).device))
-    result = set_peft_model_state_dict(peft_model, state)
+    result = set_peft_model_state_dict(peft_model, state, adapter_name=adapter)
     if result.unexpected_keys:
         raise ValueError(f"{folder}: adapter weights do not fit the model: {result.unexpected_keys[:3]}")
 
@@ -135,6 +160,8 @@ def build_model(cfg: TrainConfig, d: Dist, checkpoint: Path | None = None) -> Tr
         elif cfg.lora.init_from is not None:
             load_adapter_weights(peft_model, check_init_adapter(Path(cfg.lora.init_from), cfg))
             log.info("adapters start from %s", cfg.lora.init_from)
+        if cfg.data.rag_teacher == "start":
+            add_teacher(peft_model, cfg.lora)
         base = model.identity
     else:  # float32 weights, autocast to the compute dtype (module docstring)
         placement = Placement(d.device, torch.float32, cfg.threads)

@@ -121,6 +121,12 @@ class DataConfig:
         "full causal reading of the row (no gradient) to its reading of the separately computed documents, over "
         "every question and answer token, a dense signal beside the answer's few labelled tokens.",
     )
+    rag_teacher: Literal["self", "start"] = opt(
+        "self",
+        "The teacher of data.rag_distill: 'self' is the model being trained, whose full reading moves with it (both "
+        "readings can then agree by leaning on the documents less); 'start' is the model as the run started (the "
+        "base with lora.init_from's adapter, or the plain base), kept frozen as a second adapter (needs LoRA).",
+    )
     rag_answer_loss: bool = opt(
         True,
         "Train cache-aware rows' answers with the next-token loss. False leaves those rows to data.rag_distill "
@@ -278,6 +284,10 @@ class TrainConfig:
         check(bool(self.output_dir), "output_dir must not be empty")
         self.check_data()
         check(self.lora.init_from is None or self.lora.enabled, "lora.init_from needs lora.enabled=true")
+        check(
+            self.data.rag_teacher == "self" or self.lora.enabled,
+            "data.rag_teacher=start needs lora.enabled=true (the starting model is kept as a frozen adapter)",
+        )
         check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         check(self.loss_gen_factor >= 0, f"loss_gen_factor must be >= 0, got {self.loss_gen_factor}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")

@@ -111,8 +111,33 @@ def generative(lm: torch.nn.Module, batch: GenerativeBatch, cfg: TrainConfig, d:
     loss = total * d.world / count
     if not distill:
         return loss, None
-    kl = distillation(lm, batch, inputs, student, tail, d)
+    teacher = TEACHER if cfg.data.rag_teacher == "start" else None
+    kl = distillation(lm, batch, inputs, student, tail, d, teacher)
     return loss + cfg.data.rag_distill * kl, kl.detach()
+
+
+TEACHER = "teacher"  # the frozen adapter data.rag_teacher="start" distils from (grit.train.build adds it)
+
+
+@contextlib.contextmanager
+def reading_with(lm: torch.nn.Module, adapter: str | None):
+    """Inside the block, ``lm``'s LoRA layers read with ``adapter`` (None: as they are); then with the ones they had.
+    peft's layer ``set_adapter`` also sets which adapter's weights require gradients: the trained ones get theirs
+    back on the way out (the teacher's pass runs without gradient; the student's graph was built before it)."""
+    if adapter is None:
+        yield
+        return
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in lm.modules() if isinstance(m, BaseTunerLayer)]
+    trained = list(layers[0].active_adapters)
+    for layer in layers:
+        layer.set_adapter(adapter, inference_mode=True)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.set_adapter(trained)
 
 
 def rag_tail(batch: GenerativeBatch) -> Tensor:
@@ -124,14 +149,14 @@ def rag_tail(batch: GenerativeBatch) -> Tensor:
 
 
 def distillation(lm: torch.nn.Module, batch: GenerativeBatch, inputs: dict, student: Tensor, tail: Tensor,
-                 d: Dist) -> Tensor:  # fmt: skip
+                 d: Dist, teacher: str | None = None) -> Tensor:  # fmt: skip
     """Mean KL(full causal reading || block-masked reading) of the next-token distributions at the ``tail`` tokens
     (``rag_tail``: every question and answer token of the cache-aware rows; ``data.rag_distill``). ``student``:
-    the logits there of the block-masked pass (the loss's own forward); the teacher is the model itself reading
-    each row's documents as one causal prefill would, without gradient. What bench/rag_closeness.py measures, as
-    a loss."""
+    the logits there of the block-masked pass (the loss's own forward); the teacher is the model reading each
+    row's documents as one causal prefill would, without gradient: the model itself, or with the LoRA adapter
+    named ``teacher`` (data.rag_teacher="start"). What bench/rag_closeness.py measures, as a loss."""
     count = all_sum(tail.sum().float(), d).clamp(min=1)
-    with torch.no_grad():
+    with torch.no_grad(), reading_with(lm, teacher):
         options = inputs | {"attention_mask": segment_mask(batch.segments, True, lm.dtype)}
         if head_is_plain(lm):
             teacher = lm.get_output_embeddings()(lm.get_decoder()(**options).last_hidden_state[tail])

@@ -302,7 +302,7 @@ def save_final(trainee: Trainee, cfg: TrainConfig, out: Path, d: Dist, record: d
         if trainee.peft is not None:
 
             def fill_adapter(tmp: Path) -> None:
-                trainee.peft.save_pretrained(tmp)
+                trainee.save_adapter(tmp)
                 describe(tmp)
 
             write_folder_atomically(out / ADAPTER, fill_adapter)

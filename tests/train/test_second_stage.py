@@ -135,3 +135,30 @@ def test_a_saved_model_with_a_bad_cache_source_is_refused(tiny_grit, tmp_path):
     (saved / "grit_config.json").write_text(json.dumps({**config, "rag_cache_source": "both"}))
     with pytest.raises(ValueError, match="rag_cache_source must be 'bidirectional' or 'causal'"):
         GritModel.load(saved, dtype="float32", device="cpu")
+
+
+def test_a_start_teacher_is_the_adapter_the_run_began_with_and_stays_so(first_stage, tiny_model_path, train_data,
+                                                                         tmp_path):  # fmt: skip
+    """data.rag_teacher=start distils from a frozen copy of lora.init_from's adapter. Step 1 runs at lr 0, so at step
+    2 the trained adapter still equals it: the same KL as distilling from the model itself. From step 3 on the
+    trained adapter has moved and the frozen teacher has not. Only the trained adapter is saved. (LoRA dropout 0:
+    the "self" teacher reads in training mode, with the trained adapter's dropout; the frozen one has none.)"""
+    rag_file = write_jsonl(tmp_path / "rag.jsonl", RAG_ROWS)
+    kls = {}
+    for teacher in ("self", "start"):
+        out = tmp_path / teacher
+        train(tiny_config(tiny_model_path, train_data, out, *LORA, f"lora.init_from={first_stage / 'adapter'}",
+                          "data.generative_files=" + json.dumps([str(rag_file)]), "data.rag_distill=1.0",
+                          f"data.rag_teacher={teacher}", "data.generative_batch_size=3", "lora.dropout=0", max_steps=3,
+                          warmup_steps=1, lr=1e-2))  # fmt: skip
+        kls[teacher] = [line["kl_rag"] for line in read_log(out)]
+        assert adapter_weights(out / "adapter").keys() == adapter_weights(first_stage / "adapter").keys()
+        assert GritModel.load(out / "final", dtype="float32", device="cpu").generate("Hi", max_new_tokens=2)
+    assert all(kl is not None and kl > 0 for kl in kls["self"] + kls["start"])
+    assert kls["start"][:2] == pytest.approx(kls["self"][:2], rel=1e-5)
+    assert kls["start"][2] != pytest.approx(kls["self"][2], rel=1e-3)
+
+
+def test_a_start_teacher_needs_lora(tiny_model_path, train_data, tmp_path):
+    with pytest.raises(ValueError, match="data.rag_teacher=start needs lora.enabled=true"):
+        tiny_config(tiny_model_path, train_data, tmp_path / "out", "data.rag_distill=1.0", "data.rag_teacher=start")
