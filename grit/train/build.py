@@ -73,6 +73,7 @@ class Trainee:
 
 
 def peft_config(cfg: LoraConfig, dropout: float | None = None):
+    """peft's LoraConfig for ``cfg`` (``dropout`` in place of ``cfg.dropout`` when given)."""
     from peft import LoraConfig as PeftLoraConfig
 
     return PeftLoraConfig(

@@ -92,10 +92,9 @@ def generative(lm: torch.nn.Module, batch: GenerativeBatch, cfg: TrainConfig, d:
         mask = segment_mask(batch.segments, True, lm.dtype, batch.blocks)
         inputs |= {"attention_mask": mask, "position_ids": batch.positions}
     distill = bool(cfg.data.rag_distill) and batch.blocks is not None
-    tail = rag_tail(batch) if batch.blocks is not None else None
-    labels = batch.labels
-    if tail is not None and not cfg.data.rag_answer_loss:  # cache-aware rows train through the distillation only
-        labels = labels.masked_fill(tail, IGNORE)
+    unlabelled = not cfg.data.rag_answer_loss and batch.blocks is not None
+    tail = rag_tail(batch) if distill or unlabelled else None
+    labels = batch.labels.masked_fill(tail, IGNORE) if unlabelled else batch.labels  # trained by the KL alone
     if head_is_plain(lm):
         states = lm.get_decoder()(**inputs).last_hidden_state
         total = next_token_loss_from_states(states, lm.get_output_embeddings(), labels, "sum")
@@ -111,8 +110,7 @@ def generative(lm: torch.nn.Module, batch: GenerativeBatch, cfg: TrainConfig, d:
     loss = total * d.world / count
     if not distill:
         return loss, None
-    teacher = TEACHER if cfg.data.rag_teacher == "start" else None
-    kl = distillation(lm, batch, inputs, student, tail, d, teacher)
+    kl = distillation(lm, batch, inputs, student, tail, d, TEACHER if cfg.data.rag_teacher == "start" else None)
     return loss + cfg.data.rag_distill * kl, kl.detach()
 
 
@@ -149,14 +147,14 @@ def rag_tail(batch: GenerativeBatch) -> Tensor:
 
 
 def distillation(lm: torch.nn.Module, batch: GenerativeBatch, inputs: dict, student: Tensor, tail: Tensor,
-                 d: Dist, teacher: str | None = None) -> Tensor:  # fmt: skip
+                 d: Dist, teacher_adapter: str | None = None) -> Tensor:  # fmt: skip
     """Mean KL(full causal reading || block-masked reading) of the next-token distributions at the ``tail`` tokens
     (``rag_tail``: every question and answer token of the cache-aware rows; ``data.rag_distill``). ``student``:
     the logits there of the block-masked pass (the loss's own forward); the teacher is the model reading each
     row's documents as one causal prefill would, without gradient: the model itself, or with the LoRA adapter
-    named ``teacher`` (data.rag_teacher="start"). What bench/rag_closeness.py measures, as a loss."""
+    named ``teacher_adapter`` (data.rag_teacher="start"). What bench/rag_closeness.py measures, as a loss."""
     count = all_sum(tail.sum().float(), d).clamp(min=1)
-    with torch.no_grad(), reading_with(lm, teacher):
+    with torch.no_grad(), reading_with(lm, teacher_adapter):
         options = inputs | {"attention_mask": segment_mask(batch.segments, True, lm.dtype)}
         if head_is_plain(lm):
             teacher = lm.get_output_embeddings()(lm.get_decoder()(**options).last_hidden_state[tail])
