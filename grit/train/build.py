@@ -59,7 +59,7 @@ class Trainee:
             self.model.tokenizer.save_pretrained(folder)
 
     def save_adapter(self, folder: Path) -> None:
-        """The trained LoRA adapter alone (a frozen teacher adapter, data.rag_teacher="start", is not saved)."""
+        """The trained LoRA adapter alone (the frozen teacher adapter, ``DataConfig.keeps_start``, is not saved)."""
         self.peft.save_pretrained(folder, selected_adapters=[TRAINED])
 
     def merged(self) -> torch.nn.Module:
@@ -94,7 +94,8 @@ def add_lora(lm: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
 
 def add_teacher(peft_model: torch.nn.Module, cfg: LoraConfig) -> None:
     """A second, frozen adapter named ``TEACHER``: the model as the run starts (``cfg.init_from``'s adapter, or a
-    fresh one, whose B = 0 leaves the base unchanged), without dropout; data.rag_teacher="start" distils from it."""
+    fresh one, whose B = 0 leaves the base unchanged), without dropout; data.rag_teacher="start" and
+    data.chat_distill distil from it."""
     peft_model.add_adapter(TEACHER, peft_config(cfg, dropout=0.0))
     if cfg.init_from is not None:
         load_adapter_weights(peft_model, Path(cfg.init_from), TEACHER)
@@ -161,7 +162,7 @@ def build_model(cfg: TrainConfig, d: Dist, checkpoint: Path | None = None) -> Tr
         elif cfg.lora.init_from is not None:
             load_adapter_weights(peft_model, check_init_adapter(Path(cfg.lora.init_from), cfg))
             log.info("adapters start from %s", cfg.lora.init_from)
-        if cfg.data.rag_teacher == "start":
+        if cfg.data.keeps_start:
             add_teacher(peft_model, cfg.lora)
         base = model.identity
     else:  # float32 weights, autocast to the compute dtype (module docstring)

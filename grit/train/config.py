@@ -133,6 +133,18 @@ class DataConfig:
         "alone: the model learns to read separately computed documents as it reads one full prefill, and its "
         "answers stay its own (the extractive answers' loss taught short spans that override a passage's facts).",
     )
+    chat_distill: float = opt(
+        0.0,
+        "Weight of a KL term on chat rows (0: off): from the model as the run started (a frozen copy of "
+        "lora.init_from's adapter, needs LoRA) to the trained model, over every answer token. It holds a second "
+        "stage's chat where it was, so the stage adds what its other terms teach (reading separate caches) without "
+        "drifting its answers (more of the same chats at a fresh learning rate made them terser).",
+    )
+    chat_answer_loss: bool = opt(
+        True,
+        "Train chat rows' answers with the next-token loss. False leaves chats to data.chat_distill alone: they "
+        "then keep the starting model's answers instead of fitting their own references further.",
+    )
     pack: bool = opt(
         True,
         "Pack several texts or conversations into one row of each forward pass (each attends only to itself, from "
@@ -167,6 +179,11 @@ class DataConfig:
         False, "Leave out the rows grit's evaluation holds out (grit.splits), to train on files it also scores."
     )
 
+    @property
+    def keeps_start(self) -> bool:
+        """Whether a run keeps the model as it started, frozen, as a distillation teacher (grit.train.build)."""
+        return self.rag_teacher == "start" or self.chat_distill > 0
+
     def instructions_for(self, path: str) -> tuple[str, str]:
         """(query, passage) instruction for the rows of embedding file ``path`` that carry none."""
         return (
@@ -193,6 +210,11 @@ class DataConfig:
         check(
             self.rag_answer_loss or self.rag_distill > 0,
             "data.rag_answer_loss=false needs data.rag_distill > 0, else cache-aware rows train nothing",
+        )
+        check(0 <= self.chat_distill < math.inf, f"data.chat_distill must be >= 0, got {self.chat_distill}")
+        check(
+            self.chat_answer_loss or self.chat_distill > 0,
+            "data.chat_answer_loss=false needs data.chat_distill > 0, else chat rows train nothing",
         )
         for name, files in (
             ("query_instructions", "embedding_files"),
@@ -287,6 +309,10 @@ class TrainConfig:
         check(
             self.data.rag_teacher == "self" or self.lora.enabled,
             "data.rag_teacher=start needs lora.enabled=true (the starting model is kept as a frozen adapter)",
+        )
+        check(
+            self.data.chat_distill == 0 or self.lora.enabled,
+            "data.chat_distill needs lora.enabled=true (the starting model is kept as a frozen adapter)",
         )
         check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         check(self.loss_gen_factor >= 0, f"loss_gen_factor must be >= 0, got {self.loss_gen_factor}")

@@ -49,6 +49,7 @@ class MicroLosses:
     gen: float | None
     tokens: int  # real (non-pad) tokens of this process's inputs
     distill: float | None = None  # the distillation KL inside ``gen`` (data.rag_distill), when the batch had one
+    chat_distill: float | None = None  # the chats' KL inside ``gen`` (data.chat_distill), when it is on
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
@@ -82,39 +83,59 @@ def head_is_plain(lm: torch.nn.Module) -> bool:
     return not extra and lm.get_output_embeddings() is not None and hasattr(lm, "get_decoder")
 
 
-def generative(lm: torch.nn.Module, batch: GenerativeBatch, cfg: TrainConfig, d: Dist) -> tuple[Tensor, Tensor | None]:
+def generative(lm: torch.nn.Module, batch: GenerativeBatch, cfg: TrainConfig, d: Dist) -> tuple[Tensor, Kls]:
     """Next-token loss of this process's share of the global batch, times the world size (see module doc), plus
-    ``data.rag_distill`` times the cache-aware rows' ``distillation``; and that distillation KL alone (None
-    without it), to log."""
+    the distillation terms (``data.rag_distill`` times the cache-aware rows' KL, ``data.chat_distill`` times the
+    chat rows'); and those KLs alone, to log."""
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
     if batch.segments is not None:  # packed rows: each conversation attends causally to itself, from position 0;
         # a cache-aware row's documents each attend only to themselves, as they were cached (batch.blocks)
         mask = segment_mask(batch.segments, True, lm.dtype, batch.blocks)
         inputs |= {"attention_mask": mask, "position_ids": batch.positions}
-    distill = bool(cfg.data.rag_distill) and batch.blocks is not None
-    unlabelled = not cfg.data.rag_answer_loss and batch.blocks is not None
-    tail = rag_tail(batch) if distill or unlabelled else None
-    labels = batch.labels.masked_fill(tail, IGNORE) if unlabelled else batch.labels  # trained by the KL alone
+    data = cfg.data
+    rag = batch.blocks is not None
+    tail = rag_tail(batch) if rag and (data.rag_distill or not data.rag_answer_loss) else None
+    chat = chat_answers(batch) if data.chat_distill or not data.chat_answer_loss else None
+    labels = batch.labels
+    if rag and not data.rag_answer_loss:  # trained by the KL alone
+        labels = labels.masked_fill(tail, IGNORE)
+    if not data.chat_answer_loss:
+        labels = labels.masked_fill(chat, IGNORE)
+    # what each KL reads: {name: (weight, positions, teacher adapter)}; a position's logits predict the next token
+    terms = {}
+    if rag and data.rag_distill:
+        terms["rag"] = (data.rag_distill, tail, TEACHER if data.rag_teacher == "start" else None)
+    if data.chat_distill:
+        terms["chat"] = (data.chat_distill, predicting(chat), TEACHER)
     if head_is_plain(lm):
         states = lm.get_decoder()(**inputs).last_hidden_state
         total = next_token_loss_from_states(states, lm.get_output_embeddings(), labels, "sum")
-        student = lm.get_output_embeddings()(states[tail]) if distill else None
+        students = {name: lm.get_output_embeddings()(states[where]) for name, (_, where, _) in terms.items()}
     else:
         logits = lm(**inputs).logits  # (R, W, V)
         total = next_token_loss(logits, labels, "sum")
-        student = logits[tail] if distill else None
+        students = {name: logits[where] for name, (_, where, _) in terms.items()}
     if cfg.loss_gen_type == "mixed":
         count = all_sum(trained_tokens(labels).float(), d).clamp(min=1)
     else:
         count = batch.sequences * d.world
     loss = total * d.world / count
-    if not distill:
-        return loss, None
-    kl = distillation(lm, batch, inputs, student, tail, d, TEACHER if cfg.data.rag_teacher == "start" else None)
-    return loss + cfg.data.rag_distill * kl, kl.detach()
+    kls = distillation(lm, batch, inputs, students, {name: (where, adapter) for name, (_, where, adapter) in
+                       terms.items()}, d)  # fmt: skip
+    for name, kl in kls.items():
+        loss = loss + terms[name][0] * kl
+    return loss, Kls(**{name: kl.detach() for name, kl in kls.items()})
 
 
-TEACHER = "teacher"  # the frozen adapter data.rag_teacher="start" distils from (grit.train.build adds it)
+@dataclass
+class Kls:
+    """The distillation KLs of a generative batch (None: the term is off, or the batch had no such rows)."""
+
+    rag: Tensor | None = None
+    chat: Tensor | None = None
+
+
+TEACHER = "teacher"  # the frozen adapter data.rag_teacher="start" and data.chat_distill distil from (grit.train.build)
 
 
 @contextlib.contextmanager
@@ -138,31 +159,59 @@ def reading_with(lm: torch.nn.Module, adapter: str | None):
             layer.set_adapter(trained)
 
 
-def rag_tail(batch: GenerativeBatch) -> Tensor:
-    """(R, W) bool: the question and answer tokens of cache-aware rows (outside their documents' blocks)."""
+def cache_aware_rows(batch: GenerativeBatch) -> Tensor:
+    """(R, W) bool: every token of the cache-aware rows (the conversations that have document blocks)."""
+    if batch.blocks is None:
+        return torch.zeros_like(batch.labels, dtype=torch.bool)
     in_block = (batch.blocks != 0).long()
     has_blocks = torch.zeros((batch.segments.shape[0], int(batch.segments.max()) + 1), dtype=torch.long,
                              device=in_block.device).scatter_reduce(1, batch.segments, in_block, "amax")  # fmt: skip
-    return has_blocks.gather(1, batch.segments).bool() & (in_block == 0) & (batch.segments > 0)
+    return has_blocks.gather(1, batch.segments).bool() & (batch.segments > 0)
 
 
-def distillation(lm: torch.nn.Module, batch: GenerativeBatch, inputs: dict, student: Tensor, tail: Tensor,
-                 d: Dist, teacher_adapter: str | None = None) -> Tensor:  # fmt: skip
-    """Mean KL(full causal reading || block-masked reading) of the next-token distributions at the ``tail`` tokens
-    (``rag_tail``: every question and answer token of the cache-aware rows; ``data.rag_distill``). ``student``:
-    the logits there of the block-masked pass (the loss's own forward); the teacher is the model reading each
-    row's documents as one causal prefill would, without gradient: the model itself, or with the LoRA adapter
-    named ``teacher_adapter`` (data.rag_teacher="start"). What bench/rag_closeness.py measures, as a loss."""
-    count = all_sum(tail.sum().float(), d).clamp(min=1)
-    with torch.no_grad(), reading_with(lm, teacher_adapter):
-        options = inputs | {"attention_mask": segment_mask(batch.segments, True, lm.dtype)}
-        if head_is_plain(lm):
-            teacher = lm.get_output_embeddings()(lm.get_decoder()(**options).last_hidden_state[tail])
-        else:
-            teacher = lm(**options).logits[tail]
-        teacher = F.log_softmax(teacher.float(), -1)
-    total = F.kl_div(F.log_softmax(student.float(), -1), teacher, log_target=True, reduction="sum")
-    return total * d.world / count
+def rag_tail(batch: GenerativeBatch) -> Tensor:
+    """(R, W) bool: the question and answer tokens of cache-aware rows (outside their documents' blocks)."""
+    return cache_aware_rows(batch) & (batch.blocks == 0)
+
+
+def chat_answers(batch: GenerativeBatch) -> Tensor:
+    """(R, W) bool: the labelled (answer) tokens of the chat rows, the rows that are not cache-aware."""
+    return (batch.labels != IGNORE) & ~cache_aware_rows(batch)
+
+
+def predicting(tokens: Tensor) -> Tensor:
+    """(R, W) bool: the positions whose logits predict one of ``tokens`` (the position before each)."""
+    return F.pad(tokens[:, 1:], (0, 1), value=False)
+
+
+def distillation(lm: torch.nn.Module, batch: GenerativeBatch, inputs: dict, students: dict[str, Tensor],
+                 readings: dict[str, tuple[Tensor, str | None]], d: Dist) -> dict[str, Tensor]:  # fmt: skip
+    """Per term, the mean KL(teacher || student) of the next-token distributions at its positions: ``students``
+    holds the trained pass's logits there (the loss's own forward: block-masked for cache-aware rows, as they
+    read separately computed documents); the teacher is a full causal reading of every row without gradient, by
+    the model itself (adapter None) or with the LoRA adapter ``readings[name][1]`` (``TEACHER``: the model as the
+    run started). Terms with the same teacher share its pass. The cache-aware rows' term (``data.rag_distill``, at
+    ``rag_tail``) is what bench/rag_closeness.py measures, as a loss; the chats' (``data.chat_distill``) holds
+    their answers where they started."""
+    kls = {}
+    for adapter in dict.fromkeys(adapter for _, adapter in readings.values()):
+        names = [name for name, (_, a) in readings.items() if a == adapter]
+        with torch.no_grad(), reading_with(lm, adapter):
+            options = inputs  # padded rows (no packing) have no blocks: the loss's pass is already a full reading
+            if batch.segments is not None:
+                options = inputs | {"attention_mask": segment_mask(batch.segments, True, lm.dtype)}
+            if head_is_plain(lm):
+                states = lm.get_decoder()(**options).last_hidden_state
+                teachers = {name: lm.get_output_embeddings()(states[readings[name][0]]) for name in names}
+            else:
+                logits = lm(**options).logits
+                teachers = {name: logits[readings[name][0]] for name in names}
+        for name in names:
+            count = all_sum(readings[name][0].sum().float(), d).clamp(min=1)
+            teacher = F.log_softmax(teachers[name].float(), -1)
+            total = F.kl_div(F.log_softmax(students[name].float(), -1), teacher, log_target=True, reduction="sum")
+            kls[name] = total * d.world / count
+    return kls
 
 
 def micro_step(
@@ -181,7 +230,8 @@ def micro_step(
     ``scale`` is 1 / gradient_accumulation.
     """
     device = next(lm.parameters()).device
-    loss_emb = loss_gen = kl = None
+    loss_emb = loss_gen = None
+    kls = Kls()
     tokens = 0
     if emb is not None:
         tokens += int(emb.query_padding.sum() + emb.passage_padding.sum())
@@ -205,8 +255,8 @@ def micro_step(
     if gen is not None:
         tokens += int(gen.attention_mask.sum())
         with autocast(device, dtype):
-            loss, kl = generative(lm, gen, cfg, d)
+            loss, kls = generative(lm, gen, cfg, d)
         factor = cfg.loss_gen_factor if cfg.mode == "unified" else 1.0
         (loss * (factor * scale)).backward()
         loss_gen = loss.item()
-    return MicroLosses(loss_emb, loss_gen, tokens, None if kl is None else kl.item())
+    return MicroLosses(loss_emb, loss_gen, tokens, *(None if kl is None else kl.item() for kl in (kls.rag, kls.chat)))

@@ -17,11 +17,12 @@ single ``compute_loss`` does not fit without copying its internals (as GritLM di
         train_config.json     the run's config, device, dtype and threads resolved (as they ran)
         log.jsonl             one line per step: step, loss, loss_emb, loss_gen, lr, grad_norm (of the gradient the
                               optimizer gets, before clipping unless clip_per_loss), grad_norm_emb and grad_norm_gen
-                              (unified: each loss's own, before clipping), kl_rag (data.rag_distill's KL, part of
-                              loss_gen; null without it), tokens, truncated, seconds (this step's
-                              wall time; tokens / seconds is the throughput). The first line of each start also
-                              has placement (device, dtype, threads, CPU capability) and model (the identity of
-                              the model training started from, checked on resume)
+                              (unified: each loss's own, before clipping), kl_rag and kl_chat (data.rag_distill's
+                              and data.chat_distill's KLs, part of loss_gen; null without them), tokens,
+                              truncated, seconds (this step's wall time; tokens / seconds is the throughput).
+                              The first line of each start also has placement (device, dtype, threads, CPU
+                              capability) and model (the identity of the model training started from, checked on
+                              resume)
         checkpoint-<step>/    every save_every steps and at the end (checkpoint.py); a restart resumes from the newest
         final/                the trained model, LoRA merged in: GritModel.load(output_dir / "final")
         adapter/              LoRA only: the adapter alone, in peft's format, with train_config.json
@@ -226,7 +227,8 @@ def optimizer_step(
     in a run; bench/train.py passes a fixed batch); returns its log record (without the step number)."""
     start = time.perf_counter()
     accum = cfg.gradient_accumulation
-    sums = torch.zeros(6, dtype=torch.float64)  # loss_emb, loss_gen, tokens, truncated, distill KL, batches with it
+    # loss_emb, loss_gen, tokens, truncated, then each distillation KL's sum and the micro-batches that had it
+    sums = torch.zeros(8, dtype=torch.float64)
     batches = [next_batch() for _ in range(accum)]
     # Unified: the contrastive and the next-token gradients are made one after the other, so each one's norm is
     # known (logged) and, with clip_per_loss, each is clipped on its own before they are added.
@@ -241,9 +243,8 @@ def optimizer_step(
         for emb, gen in part:
             m = micro_step(trainee.lm, emb, gen, cfg, d, scale=1 / accum, dtype=trainee.compute_dtype)
             cut = (emb.truncated if emb else 0) + (gen.truncated if gen else 0)
-            with_kl = m.distill is not None
-            sums += torch.tensor([m.emb or 0.0, m.gen or 0.0, m.tokens, cut, m.distill or 0.0, with_kl],
-                                 dtype=torch.float64)  # fmt: skip
+            kls = [value for kl in (m.distill, m.chat_distill) for value in (kl or 0.0, kl is not None)]
+            sums += torch.tensor([m.emb or 0.0, m.gen or 0.0, m.tokens, cut, *kls], dtype=torch.float64)
         all_reduce_grads(params, d)
         if len(parts) > 1:  # one part: its norm is the step's, taken below
             part_norms.append(float(torch.nn.utils.clip_grad_norm_(params, part_limit or math.inf)))
@@ -255,7 +256,7 @@ def optimizer_step(
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    emb_sum, gen_sum, tokens, cut, kl_sum, kl_batches = all_sum(sums, d).tolist()
+    emb_sum, gen_sum, tokens, cut, kl_sum, kl_batches, chat_kl_sum, chat_kl_batches = all_sum(sums, d).tolist()
     loss_emb = emb_sum / (accum * d.world) if cfg.mode != "generative" else None
     loss_gen = gen_sum / (accum * d.world) if cfg.mode != "embedding" else None
     factor = cfg.loss_gen_factor if cfg.mode == "unified" else 1.0
@@ -267,6 +268,7 @@ def optimizer_step(
         # data.rag_distill's KL (inside loss_gen, times its weight), mean over the micro-batches that had
         # cache-aware rows; None when none had
         "kl_rag": kl_sum / kl_batches if kl_batches else None,
+        "kl_chat": chat_kl_sum / chat_kl_batches if chat_kl_batches else None,  # data.chat_distill's, the same way
         "lr": lr,
         "grad_norm": float(grad_norm),
         "grad_norm_emb": part_norms[0] if cfg.mode == "unified" else None,
@@ -284,7 +286,7 @@ def show_progress(bar: tqdm, record: dict[str, Any], cfg: TrainConfig, total: in
     step = record["step"]
     if main and cfg.log_every and (step % cfg.log_every == 0 or step == total):
         parts = [f"{name} {record[key]:.4f}" for key, name in (("loss_emb", "emb"), ("loss_gen", "gen"),
-                 ("kl_rag", "rag kl")) if record.get(key) is not None]  # fmt: skip
+                 ("kl_rag", "rag kl"), ("kl_chat", "chat kl")) if record.get(key) is not None]  # fmt: skip
         log.info("step %d/%d loss %.4f (%s) lr %.2e %.0f tok/s", step, total, record["loss"], ", ".join(parts),
                  record["lr"], rate)  # fmt: skip
 

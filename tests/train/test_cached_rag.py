@@ -141,7 +141,7 @@ def test_rows_train_beside_chats_in_one_step(tiny_model_path, dataset):
         cfg = TrainConfig(mode="generative", data=DataConfig(generative_files=["g.jsonl"], pack=bool(width_cost)))
         with torch.no_grad():
             loss, kl = generative(model.lm, batch, cfg, Dist())
-            assert kl is None  # data.rag_distill is 0
+            assert kl.rag is None  # data.rag_distill is 0
             losses.append(loss.item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-5) and losses[0] > 0
     model.lm.zero_grad()
@@ -188,7 +188,7 @@ def student_distillation(lm, batch):
     inputs = {"input_ids": batch.input_ids, "use_cache": False, "position_ids": batch.positions,
               "attention_mask": segment_mask(batch.segments, True, lm.dtype, batch.blocks)}  # fmt: skip
     tail = rag_tail(batch)
-    return distillation(lm, batch, inputs, lm(**inputs).logits[tail], tail, Dist())
+    return distillation(lm, batch, inputs, {"rag": lm(**inputs).logits[tail]}, {"rag": (tail, None)}, Dist())["rag"]
 
 
 @pytest.mark.parametrize("pack", [False, True], ids=["padded", "packed"])
@@ -205,7 +205,7 @@ def test_distillation_is_zero_where_cached_reading_is_exact_and_trains_only_the_
     with_kl = TrainConfig(mode="generative", data=DataConfig(generative_files=["g.jsonl"], pack=pack, rag_distill=2.0))
     with torch.no_grad():
         (plain, no_kl), (distilled, logged) = (generative(lm, batch, c, Dist()) for c in (base, with_kl))
-    assert no_kl is None and logged.item() == pytest.approx(kl, rel=1e-4)
+    assert no_kl.rag is None and logged.rag.item() == pytest.approx(kl, rel=1e-4) and logged.chat is None
     assert distilled.item() == pytest.approx(plain.item() + 2.0 * kl, rel=1e-4)
     assert micro_step(lm, None, batch, with_kl, Dist()).distill == pytest.approx(kl, rel=1e-4)
     lm.zero_grad()
@@ -238,8 +238,8 @@ def test_without_the_answer_loss_rag_rows_train_through_the_distillation_alone(t
         chat_loss, _ = generative(lm, chat_only, answers, Dist())
         with_answers, _ = generative(lm, batch, answers, Dist())
         loss, kl = generative(lm, batch, distilled_only, Dist())
-    assert kl.item() > 1e-6
-    assert loss.item() == pytest.approx(chat_loss.item() + 2.0 * kl.item(), rel=1e-4)
+    assert kl.rag.item() > 1e-6
+    assert loss.item() == pytest.approx(chat_loss.item() + 2.0 * kl.rag.item(), rel=1e-4)
     assert abs(with_answers.item() - loss.item()) > 1e-4  # the answers' loss was there to remove
 
 

@@ -162,3 +162,30 @@ def test_a_start_teacher_is_the_adapter_the_run_began_with_and_stays_so(first_st
 def test_a_start_teacher_needs_lora(tiny_model_path, train_data, tmp_path):
     with pytest.raises(ValueError, match="data.rag_teacher=start needs lora.enabled=true"):
         tiny_config(tiny_model_path, train_data, tmp_path / "out", "data.rag_distill=1.0", "data.rag_teacher=start")
+
+
+def test_chat_distillation_holds_chats_at_the_starting_adapter(first_stage, tiny_model_path, train_data, tmp_path):
+    """data.chat_distill: the chats' KL from the frozen starting adapter to the trained one. Step 1 runs at lr 0
+    and step 2 starts from the same weights, so there the two readings are the same (KL 0 to round-off); from step
+    3 on the trained adapter has moved. With data.chat_answer_loss=false the KL is the whole generative loss."""
+    out = tmp_path / "out"
+    train(tiny_config(tiny_model_path, train_data, out, *LORA, f"lora.init_from={first_stage / 'adapter'}",
+                      "data.chat_distill=2.0", "data.chat_answer_loss=false", "lora.dropout=0", max_steps=3,
+                      warmup_steps=1, lr=1e-2))  # fmt: skip
+    log = read_log(out)
+    kls = [line["kl_chat"] for line in log]
+    assert all(line["kl_rag"] is None for line in log)  # no cache-aware rows in this mix
+    assert kls[0] == pytest.approx(0, abs=1e-6) and kls[1] == pytest.approx(0, abs=1e-6) and kls[2] > 1e-5
+    assert [line["loss_gen"] for line in log] == pytest.approx([2.0 * kl for kl in kls], rel=1e-5, abs=1e-9)
+    assert adapter_weights(out / "adapter").keys() == adapter_weights(first_stage / "adapter").keys()
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    (("data.chat_distill=-1",), "chat_distill must be >= 0"),
+    (("data.chat_answer_loss=false",), "chat_answer_loss=false needs data.chat_distill > 0"),
+    (("lora.enabled=false", "data.chat_distill=1"), "data.chat_distill needs lora.enabled=true"),
+])  # fmt: skip
+def test_chat_distillation_settings_that_cannot_run_are_refused(tiny_model_path, train_data, tmp_path, overrides,
+                                                                match):  # fmt: skip
+    with pytest.raises(ValueError, match=match):
+        tiny_config(tiny_model_path, train_data, tmp_path / "out", *overrides)
