@@ -94,8 +94,8 @@ def add_lora(lm: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
 
 def add_teacher(peft_model: torch.nn.Module, cfg: LoraConfig) -> None:
     """A second, frozen adapter named ``TEACHER``: the model as the run starts (``cfg.init_from``'s adapter, or a
-    fresh one, whose B = 0 leaves the base unchanged), without dropout; data.rag_teacher="start" and
-    data.chat_distill distil from it."""
+    fresh one, whose B = 0 leaves the base unchanged), without dropout; the distillation terms that need the
+    starting model (``DataConfig.keeps_start``) read it."""
     peft_model.add_adapter(TEACHER, peft_config(cfg, dropout=0.0))
     if cfg.init_from is not None:
         load_adapter_weights(peft_model, Path(cfg.init_from), TEACHER)

@@ -127,6 +127,13 @@ class DataConfig:
         "readings can then agree by leaning on the documents less); 'start' is the model as the run started (the "
         "base with lora.init_from's adapter, or the plain base), kept frozen as a second adapter (needs LoRA).",
     )
+    rag_anchor: float = opt(
+        0.0,
+        "Weight of a KL term holding the cache-aware rows' full causal reading (documents, question and answer in "
+        "one pass, as a full prefill and cache='none' read them) at the model as the run started (a frozen copy of "
+        "lora.init_from's adapter, needs LoRA): teaching the separate reading moved the full one too, towards terse "
+        "answers that lose a passage's facts. One more forward and backward of the generative rows a step.",
+    )
     rag_answer_loss: bool = opt(
         True,
         "Train cache-aware rows' answers with the next-token loss. False leaves those rows to data.rag_distill "
@@ -182,7 +189,7 @@ class DataConfig:
     @property
     def keeps_start(self) -> bool:
         """Whether a run keeps the model as it started, frozen, as a distillation teacher (grit.train.build)."""
-        return self.rag_teacher == "start" or self.chat_distill > 0
+        return self.rag_teacher == "start" or self.rag_anchor > 0 or self.chat_distill > 0
 
     def instructions_for(self, path: str) -> tuple[str, str]:
         """(query, passage) instruction for the rows of embedding file ``path`` that carry none."""
@@ -211,6 +218,7 @@ class DataConfig:
             self.rag_answer_loss or self.rag_distill > 0,
             "data.rag_answer_loss=false needs data.rag_distill > 0, else cache-aware rows train nothing",
         )
+        check(0 <= self.rag_anchor < math.inf, f"data.rag_anchor must be >= 0, got {self.rag_anchor}")
         check(0 <= self.chat_distill < math.inf, f"data.chat_distill must be >= 0, got {self.chat_distill}")
         check(
             self.chat_answer_loss or self.chat_distill > 0,
@@ -310,10 +318,11 @@ class TrainConfig:
             self.data.rag_teacher == "self" or self.lora.enabled,
             "data.rag_teacher=start needs lora.enabled=true (the starting model is kept as a frozen adapter)",
         )
-        check(
-            self.data.chat_distill == 0 or self.lora.enabled,
-            "data.chat_distill needs lora.enabled=true (the starting model is kept as a frozen adapter)",
-        )
+        for name in ("rag_anchor", "chat_distill"):
+            check(
+                getattr(self.data, name) == 0 or self.lora.enabled,
+                f"data.{name} needs lora.enabled=true (the starting model is kept as a frozen adapter)",
+            )
         check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         check(self.loss_gen_factor >= 0, f"loss_gen_factor must be >= 0, got {self.loss_gen_factor}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")

@@ -23,7 +23,7 @@ processes, is the gradient of the loss of the whole global batch:
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -48,8 +48,7 @@ class MicroLosses:
     emb: float | None
     gen: float | None
     tokens: int  # real (non-pad) tokens of this process's inputs
-    distill: float | None = None  # the distillation KL inside ``gen`` (data.rag_distill), when the batch had one
-    chat_distill: float | None = None  # the chats' KL inside ``gen`` (data.chat_distill), when it is on
+    kls: dict[str, float] = field(default_factory=dict)  # the distillation KLs inside ``gen`` (``Kls``'s, by name)
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
@@ -85,8 +84,8 @@ def head_is_plain(lm: torch.nn.Module) -> bool:
 
 def generative(lm: torch.nn.Module, batch: GenerativeBatch, cfg: TrainConfig, d: Dist) -> tuple[Tensor, Kls]:
     """Next-token loss of this process's share of the global batch, times the world size (see module doc), plus
-    the distillation terms (``data.rag_distill`` times the cache-aware rows' KL, ``data.chat_distill`` times the
-    chat rows'); and those KLs alone, to log."""
+    the distillation terms (``data.rag_distill``, ``data.rag_anchor`` and ``data.chat_distill`` times their KLs);
+    and those KLs alone, to log."""
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
     if batch.segments is not None:  # packed rows: each conversation attends causally to itself, from position 0;
         # a cache-aware row's documents each attend only to themselves, as they were cached (batch.blocks)
@@ -94,7 +93,7 @@ def generative(lm: torch.nn.Module, batch: GenerativeBatch, cfg: TrainConfig, d:
         inputs |= {"attention_mask": mask, "position_ids": batch.positions}
     data = cfg.data
     rag = batch.blocks is not None
-    tail = rag_tail(batch) if rag and (data.rag_distill or not data.rag_answer_loss) else None
+    tail = rag_tail(batch) if rag and (data.rag_distill or data.rag_anchor or not data.rag_answer_loss) else None
     chat = chat_answers(batch) if data.chat_distill or not data.chat_answer_loss else None
     labels = batch.labels
     if rag and not data.rag_answer_loss:  # trained by the KL alone
@@ -105,16 +104,21 @@ def generative(lm: torch.nn.Module, batch: GenerativeBatch, cfg: TrainConfig, d:
     terms = {}
     if rag and data.rag_distill:
         terms["rag"] = (data.rag_distill, tail, TEACHER if data.rag_teacher == "start" else None)
+    if rag and data.rag_anchor:
+        terms["anchor"] = (data.rag_anchor, tail, TEACHER)
     if data.chat_distill:
         terms["chat"] = (data.chat_distill, predicting(chat), TEACHER)
+    own = {name: where for name, (_, where, _) in terms.items() if name != "anchor"}  # read by the loss's pass
     if head_is_plain(lm):
         states = lm.get_decoder()(**inputs).last_hidden_state
         total = next_token_loss_from_states(states, lm.get_output_embeddings(), labels, "sum")
-        students = {name: lm.get_output_embeddings()(states[where]) for name, (_, where, _) in terms.items()}
+        students = {name: lm.get_output_embeddings()(states[where]) for name, where in own.items()}
     else:
         logits = lm(**inputs).logits  # (R, W, V)
         total = next_token_loss(logits, labels, "sum")
-        students = {name: logits[where] for name, (_, where, _) in terms.items()}
+        students = {name: logits[where] for name, where in own.items()}
+    if "anchor" in terms:  # the cache-aware rows read in one causal pass, by the trained model (with gradient)
+        students["anchor"] = full_reading(lm, batch, inputs, {"anchor": tail})["anchor"]
     if cfg.loss_gen_type == "mixed":
         count = all_sum(trained_tokens(labels).float(), d).clamp(min=1)
     else:
@@ -132,10 +136,11 @@ class Kls:
     """The distillation KLs of a generative batch (None: the term is off, or the batch had no such rows)."""
 
     rag: Tensor | None = None
+    anchor: Tensor | None = None
     chat: Tensor | None = None
 
 
-TEACHER = "teacher"  # the frozen adapter data.rag_teacher="start" and data.chat_distill distil from (grit.train.build)
+TEACHER = "teacher"  # the frozen starting adapter (DataConfig.keeps_start; grit.train.build adds it)
 
 
 @contextlib.contextmanager
@@ -184,28 +189,34 @@ def predicting(tokens: Tensor) -> Tensor:
     return F.pad(tokens[:, 1:], (0, 1), value=False)
 
 
+def full_reading(lm: torch.nn.Module, batch: GenerativeBatch, inputs: dict,
+                 where: dict[str, Tensor]) -> dict[str, Tensor]:  # fmt: skip
+    """The logits at each of ``where``'s positions of one causal pass over every row: the cache-aware rows'
+    documents, question and answer read together, as a full prefill (and cache="none") reads them."""
+    options = inputs  # padded rows (no packing) have no blocks: the loss's pass is already a full reading
+    if batch.segments is not None:
+        options = inputs | {"attention_mask": segment_mask(batch.segments, True, lm.dtype)}
+    if head_is_plain(lm):
+        states = lm.get_decoder()(**options).last_hidden_state
+        return {name: lm.get_output_embeddings()(states[positions]) for name, positions in where.items()}
+    logits = lm(**options).logits
+    return {name: logits[positions] for name, positions in where.items()}
+
+
 def distillation(lm: torch.nn.Module, batch: GenerativeBatch, inputs: dict, students: dict[str, Tensor],
                  readings: dict[str, tuple[Tensor, str | None]], d: Dist) -> dict[str, Tensor]:  # fmt: skip
     """Per term, the mean KL(teacher || student) of the next-token distributions at its positions: ``students``
-    holds the trained pass's logits there (the loss's own forward: block-masked for cache-aware rows, as they
-    read separately computed documents); the teacher is a full causal reading of every row without gradient, by
-    the model itself (adapter None) or with the LoRA adapter ``readings[name][1]`` (``TEACHER``: the model as the
-    run started). Terms with the same teacher share its pass. The cache-aware rows' term (``data.rag_distill``, at
-    ``rag_tail``) is what bench/rag_closeness.py measures, as a loss; the chats' (``data.chat_distill``) holds
-    their answers where they started."""
+    holds the trained model's logits there; the teacher is a ``full_reading`` without gradient, by the model itself
+    (adapter None) or with the LoRA adapter ``readings[name][1]`` (``TEACHER``: the model as the run started).
+    Terms with the same teacher share its pass. The terms: the cache-aware rows' (``data.rag_distill``, at
+    ``rag_tail``, the student being the loss's block-masked pass) is what bench/rag_closeness.py measures, as a
+    loss; ``data.rag_anchor`` holds those rows' full reading where it started (its student is a ``full_reading``
+    with gradient); the chats' (``data.chat_distill``) holds their answers where they started."""
     kls = {}
     for adapter in dict.fromkeys(adapter for _, adapter in readings.values()):
         names = [name for name, (_, a) in readings.items() if a == adapter]
         with torch.no_grad(), reading_with(lm, adapter):
-            options = inputs  # padded rows (no packing) have no blocks: the loss's pass is already a full reading
-            if batch.segments is not None:
-                options = inputs | {"attention_mask": segment_mask(batch.segments, True, lm.dtype)}
-            if head_is_plain(lm):
-                states = lm.get_decoder()(**options).last_hidden_state
-                teachers = {name: lm.get_output_embeddings()(states[readings[name][0]]) for name in names}
-            else:
-                logits = lm(**options).logits
-                teachers = {name: logits[readings[name][0]] for name in names}
+            teachers = full_reading(lm, batch, inputs, {name: readings[name][0] for name in names})
         for name in names:
             count = all_sum(readings[name][0].sum().float(), d).clamp(min=1)
             teacher = F.log_softmax(teachers[name].float(), -1)
@@ -259,4 +270,5 @@ def micro_step(
         factor = cfg.loss_gen_factor if cfg.mode == "unified" else 1.0
         (loss * (factor * scale)).backward()
         loss_gen = loss.item()
-    return MicroLosses(loss_emb, loss_gen, tokens, *(None if kl is None else kl.item() for kl in (kls.rag, kls.chat)))
+    measured = {name: kl.item() for name, kl in vars(kls).items() if kl is not None}
+    return MicroLosses(loss_emb, loss_gen, tokens, measured)

@@ -17,8 +17,9 @@ single ``compute_loss`` does not fit without copying its internals (as GritLM di
         train_config.json     the run's config, device, dtype and threads resolved (as they ran)
         log.jsonl             one line per step: step, loss, loss_emb, loss_gen, lr, grad_norm (of the gradient the
                               optimizer gets, before clipping unless clip_per_loss), grad_norm_emb and grad_norm_gen
-                              (unified: each loss's own, before clipping), kl_rag and kl_chat (data.rag_distill's
-                              and data.chat_distill's KLs, part of loss_gen; null without them), tokens,
+                              (unified: each loss's own, before clipping), kl_rag, kl_anchor and kl_chat
+                              (data.rag_distill's, data.rag_anchor's and data.chat_distill's KLs, part of
+                              loss_gen; null without them), tokens,
                               truncated, seconds (this step's wall time; tokens / seconds is the throughput).
                               The first line of each start also has placement (device, dtype, threads, CPU
                               capability) and model (the identity of the model training started from, checked on
@@ -61,7 +62,7 @@ from .build import ADAPTER, Trainee, build_model, build_optimizer, build_schedul
 from .collate import EmbeddingBatch, GenerativeBatch
 from .config import CONFIG_FILE, TrainConfig
 from .distributed import Dist, all_reduce_grads, all_sum, barrier
-from .step import micro_step
+from .step import Kls, micro_step
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +229,8 @@ def optimizer_step(
     start = time.perf_counter()
     accum = cfg.gradient_accumulation
     # loss_emb, loss_gen, tokens, truncated, then each distillation KL's sum and the micro-batches that had it
-    sums = torch.zeros(8, dtype=torch.float64)
+    kl_names = [f.name for f in dataclasses.fields(Kls)]
+    sums = torch.zeros(4 + 2 * len(kl_names), dtype=torch.float64)
     batches = [next_batch() for _ in range(accum)]
     # Unified: the contrastive and the next-token gradients are made one after the other, so each one's norm is
     # known (logged) and, with clip_per_loss, each is clipped on its own before they are added.
@@ -243,7 +245,7 @@ def optimizer_step(
         for emb, gen in part:
             m = micro_step(trainee.lm, emb, gen, cfg, d, scale=1 / accum, dtype=trainee.compute_dtype)
             cut = (emb.truncated if emb else 0) + (gen.truncated if gen else 0)
-            kls = [value for kl in (m.distill, m.chat_distill) for value in (kl or 0.0, kl is not None)]
+            kls = [value for name in kl_names for value in (m.kls.get(name, 0.0), name in m.kls)]
             sums += torch.tensor([m.emb or 0.0, m.gen or 0.0, m.tokens, cut, *kls], dtype=torch.float64)
         all_reduce_grads(params, d)
         if len(parts) > 1:  # one part: its norm is the step's, taken below
@@ -256,7 +258,7 @@ def optimizer_step(
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    emb_sum, gen_sum, tokens, cut, kl_sum, kl_batches, chat_kl_sum, chat_kl_batches = all_sum(sums, d).tolist()
+    emb_sum, gen_sum, tokens, cut, *kl_sums = all_sum(sums, d).tolist()
     loss_emb = emb_sum / (accum * d.world) if cfg.mode != "generative" else None
     loss_gen = gen_sum / (accum * d.world) if cfg.mode != "embedding" else None
     factor = cfg.loss_gen_factor if cfg.mode == "unified" else 1.0
@@ -265,10 +267,12 @@ def optimizer_step(
         "loss": loss,
         "loss_emb": loss_emb,
         "loss_gen": loss_gen,
-        # data.rag_distill's KL (inside loss_gen, times its weight), mean over the micro-batches that had
-        # cache-aware rows; None when none had
-        "kl_rag": kl_sum / kl_batches if kl_batches else None,
-        "kl_chat": chat_kl_sum / chat_kl_batches if chat_kl_batches else None,  # data.chat_distill's, the same way
+        # each distillation KL (inside loss_gen, times its weight: data.rag_distill's, data.rag_anchor's,
+        # data.chat_distill's), mean over the micro-batches that had it; None when none had
+        **{
+            f"kl_{name}": total / batches if batches else None
+            for name, total, batches in zip(kl_names, kl_sums[::2], kl_sums[1::2], strict=True)
+        },  # fmt: skip
         "lr": lr,
         "grad_norm": float(grad_norm),
         "grad_norm_emb": part_norms[0] if cfg.mode == "unified" else None,
@@ -286,7 +290,8 @@ def show_progress(bar: tqdm, record: dict[str, Any], cfg: TrainConfig, total: in
     step = record["step"]
     if main and cfg.log_every and (step % cfg.log_every == 0 or step == total):
         parts = [f"{name} {record[key]:.4f}" for key, name in (("loss_emb", "emb"), ("loss_gen", "gen"),
-                 ("kl_rag", "rag kl"), ("kl_chat", "chat kl")) if record.get(key) is not None]  # fmt: skip
+                 ("kl_rag", "rag kl"), ("kl_anchor", "anchor kl"), ("kl_chat", "chat kl"))
+                 if record.get(key) is not None]  # fmt: skip
         log.info("step %d/%d loss %.4f (%s) lr %.2e %.0f tok/s", step, total, record["loss"], ", ".join(parts),
                  record["lr"], rate)  # fmt: skip
 

@@ -207,7 +207,7 @@ def test_distillation_is_zero_where_cached_reading_is_exact_and_trains_only_the_
         (plain, no_kl), (distilled, logged) = (generative(lm, batch, c, Dist()) for c in (base, with_kl))
     assert no_kl.rag is None and logged.rag.item() == pytest.approx(kl, rel=1e-4) and logged.chat is None
     assert distilled.item() == pytest.approx(plain.item() + 2.0 * kl, rel=1e-4)
-    assert micro_step(lm, None, batch, with_kl, Dist()).distill == pytest.approx(kl, rel=1e-4)
+    assert micro_step(lm, None, batch, with_kl, Dist()).kls == {"rag": pytest.approx(kl, rel=1e-4)}
     lm.zero_grad()
     loss = student_distillation(lm, batch)
     loss.backward()

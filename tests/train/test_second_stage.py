@@ -180,7 +180,29 @@ def test_chat_distillation_holds_chats_at_the_starting_adapter(first_stage, tiny
     assert adapter_weights(out / "adapter").keys() == adapter_weights(first_stage / "adapter").keys()
 
 
+def test_the_anchor_holds_the_full_reading_of_rag_rows_at_the_starting_adapter(first_stage, tiny_model_path,
+                                                                                 train_data, tmp_path):  # fmt: skip
+    """data.rag_anchor: the KL from the frozen starting adapter's full causal reading of the cache-aware rows to the
+    trained adapter's (a pass with gradient of its own). Equal weights at steps 1-2 (lr 0 at step 1): KL 0 to
+    round-off; from step 3 the trained adapter has moved. Without it the log has no such KL."""
+    rag_file = write_jsonl(tmp_path / "rag.jsonl", RAG_ROWS)
+    logs = {}
+    for anchor in (0.0, 2.0):
+        out = tmp_path / f"anchor-{anchor}"
+        train(tiny_config(tiny_model_path, train_data, out, *LORA, f"lora.init_from={first_stage / 'adapter'}",
+                          "data.generative_files=" + json.dumps([str(rag_file)]), f"data.rag_anchor={anchor}",
+                          "data.generative_batch_size=3", "lora.dropout=0", max_steps=3, warmup_steps=1,
+                          lr=1e-2))  # fmt: skip
+        logs[anchor] = read_log(out)
+    kls = [line["kl_anchor"] for line in logs[2.0]]
+    assert kls[0] == pytest.approx(0, abs=1e-6) and kls[1] == pytest.approx(0, abs=1e-6) and kls[2] > 1e-5
+    assert all(line["kl_anchor"] is None for line in logs[0.0])
+    assert logs[2.0][2]["loss_gen"] != pytest.approx(logs[0.0][2]["loss_gen"], rel=1e-4)  # it trained the model
+
+
 @pytest.mark.parametrize(("overrides", "match"), [
+    (("data.rag_anchor=-1",), "rag_anchor must be >= 0"),
+    (("lora.enabled=false", "data.rag_anchor=1"), "data.rag_anchor needs lora.enabled=true"),
     (("data.chat_distill=-1",), "chat_distill must be >= 0"),
     (("data.chat_answer_loss=false",), "chat_answer_loss=false needs data.chat_distill > 0"),
     (("lora.enabled=false", "data.chat_distill=1"), "data.chat_distill needs lora.enabled=true"),

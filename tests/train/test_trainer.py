@@ -40,6 +40,7 @@ def test_each_mode_lowers_its_loss(tiny_model_path, train_data, tmp_path, mode):
         "loss_emb",
         "loss_gen",
         "kl_rag",
+        "kl_anchor",
         "kl_chat",
         "lr",
         "grad_norm",
