@@ -1,0 +1,63 @@
+"""How firmly a model answers from a document that contradicts its prior (issue 22): the replaced-document check of
+tests/test_default_model.py as a number instead of a pass or fail.
+
+    python bench/planted_margin.py default runs/staged/candidate ...
+
+The slow test asks "Which city is the Zephyr lab in?" over a document saying Lisbon, and fails when the answer
+without a cache says "Porto". A greedy answer flips on small changes of the model, so a run's checkpoints pass and
+fail with no trend to read. Here, for the same prompt (``RAG`` in ``cache="none"``: the document inside the question's
+turn, read in one causal pass), the teacher-forced log-probability of four answers: the bare city, right and wrong,
+and a sentence naming each. The shipped v2 adapter prefers the sentence with the right city by ~7 nats, but its bare
+first token already leans to the wrong one; a model that drifts towards bare answers then says "Porto". Plain
+weights, float32, on the CPU: the numbers do not depend on the machine beyond round-off.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from grit import GritModel
+from grit.rag import RAG, Document, Index
+
+DOCUMENTS = [
+    Document("bread", "Sourdough bread rises because wild yeast ferments the dough overnight.", ""),
+    Document("lab", "The Zephyr lab is in the city of Lisbon, in Portugal.", ""),
+]
+QUESTION = "Which city is the Zephyr lab in?"
+ANSWERS = ["Lisbon", "Porto", "The Zephyr lab is in Lisbon.", "The Zephyr lab is in Porto."]
+
+
+def answer_log_prob(model: GritModel, prompt: list[int], answer: str) -> float:
+    """Sum of log p(answer token | prompt and the answer's tokens before it)."""
+    target = model.token_ids(answer)
+    ids = torch.tensor([prompt + target])
+    with torch.inference_mode():
+        logits = model.lm(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
+    return float(logits.log_softmax(-1).gather(1, torch.tensor(target)[:, None]).sum())
+
+
+def margins(model: GritModel) -> dict[str, float | str]:
+    rag = RAG(model, Index.build(DOCUMENTS, model))
+    _, layout, _ = rag.prepare(QUESTION, 1, "none", 24)
+    scores: dict[str, float | str] = {a: answer_log_prob(model, list(layout.tail), a) for a in ANSWERS}
+    scores["greedy"] = rag.answer(QUESTION, k=1, cache="none", max_new_tokens=24).text
+    return scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="+", help="default, or a model / adapter folder")
+    args = parser.parse_args()
+    print("| model | " + " | ".join(f"log p({a!r})" for a in ANSWERS) + " | greedy answer, cache=none |")
+    print("|---|" + "---:|" * len(ANSWERS) + "---|")
+    for name in args.models:
+        model = GritModel.load(None if name == "default" else name, dtype="float32", weights="plain", device="cpu")
+        scores = margins(model)
+        cells = " | ".join(f"{scores[a]:.2f}" for a in ANSWERS)
+        print(f"| {name} | {cells} | {scores['greedy']!r} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
