@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from grit import GritModel
 from grit.rag import RAG, Document, Index
 
@@ -32,11 +30,8 @@ ANSWERS = ["Lisbon", "Porto", "The Zephyr lab is in Lisbon.", "The Zephyr lab is
 
 def answer_log_prob(model: GritModel, prompt: list[int], answer: str) -> float:
     """Sum of log p(answer token | prompt and the answer's tokens before it)."""
-    target = model.token_ids(answer)
-    ids = torch.tensor([prompt + target])
-    with torch.inference_mode():
-        logits = model.lm(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
-    return float(logits.log_softmax(-1).gather(1, torch.tensor(target)[:, None]).sum())
+    nll, _ = model.target_nll([(prompt, model.token_ids(answer))], desc=f"log p({answer!r})")
+    return -nll
 
 
 def margins(model: GritModel, layout_name: str) -> dict[str, float | str]:
