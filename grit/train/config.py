@@ -314,15 +314,11 @@ class TrainConfig:
         check(bool(self.output_dir), "output_dir must not be empty")
         self.check_data()
         check(self.lora.init_from is None or self.lora.enabled, "lora.init_from needs lora.enabled=true")
-        check(
-            self.data.rag_teacher == "self" or self.lora.enabled,
-            "data.rag_teacher=start needs lora.enabled=true (the starting model is kept as a frozen adapter)",
-        )
-        for name in ("rag_anchor", "chat_distill"):
-            check(
-                getattr(self.data, name) == 0 or self.lora.enabled,
-                f"data.{name} needs lora.enabled=true (the starting model is kept as a frozen adapter)",
-            )
+        for setting, on in (("data.rag_teacher=start", self.data.rag_teacher == "start"),
+                            ("data.rag_anchor", self.data.rag_anchor > 0),
+                            ("data.chat_distill", self.data.chat_distill > 0)):  # fmt: skip
+            check(not on or self.lora.enabled,
+                  f"{setting} needs lora.enabled=true (the starting model is kept as a frozen adapter)")  # fmt: skip
         check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         check(self.loss_gen_factor >= 0, f"loss_gen_factor must be >= 0, got {self.loss_gen_factor}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")

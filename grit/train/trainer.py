@@ -66,6 +66,8 @@ from .step import Kls, micro_step
 
 log = logging.getLogger(__name__)
 
+KL_NAMES = [f.name for f in dataclasses.fields(Kls)]  # the distillation terms, logged as kl_<name>
+
 LOG_FILE = "log.jsonl"
 FINAL = "final"
 Callback = Callable[[dict[str, Any]], None]
@@ -229,8 +231,7 @@ def optimizer_step(
     start = time.perf_counter()
     accum = cfg.gradient_accumulation
     # loss_emb, loss_gen, tokens, truncated, then each distillation KL's sum and the micro-batches that had it
-    kl_names = [f.name for f in dataclasses.fields(Kls)]
-    sums = torch.zeros(4 + 2 * len(kl_names), dtype=torch.float64)
+    sums = torch.zeros(4 + 2 * len(KL_NAMES), dtype=torch.float64)
     batches = [next_batch() for _ in range(accum)]
     # Unified: the contrastive and the next-token gradients are made one after the other, so each one's norm is
     # known (logged) and, with clip_per_loss, each is clipped on its own before they are added.
@@ -245,7 +246,7 @@ def optimizer_step(
         for emb, gen in part:
             m = micro_step(trainee.lm, emb, gen, cfg, d, scale=1 / accum, dtype=trainee.compute_dtype)
             cut = (emb.truncated if emb else 0) + (gen.truncated if gen else 0)
-            kls = [value for name in kl_names for value in (m.kls.get(name, 0.0), name in m.kls)]
+            kls = [value for name in KL_NAMES for value in (m.kls.get(name, 0.0), name in m.kls)]
             sums += torch.tensor([m.emb or 0.0, m.gen or 0.0, m.tokens, cut, *kls], dtype=torch.float64)
         all_reduce_grads(params, d)
         if len(parts) > 1:  # one part: its norm is the step's, taken below
@@ -271,7 +272,7 @@ def optimizer_step(
         # data.chat_distill's), mean over the micro-batches that had it; None when none had
         **{
             f"kl_{name}": total / batches if batches else None
-            for name, total, batches in zip(kl_names, kl_sums[::2], kl_sums[1::2], strict=True)
+            for name, total, batches in zip(KL_NAMES, kl_sums[::2], kl_sums[1::2], strict=True)
         },  # fmt: skip
         "lr": lr,
         "grad_norm": float(grad_norm),
@@ -289,9 +290,8 @@ def show_progress(bar: tqdm, record: dict[str, Any], cfg: TrainConfig, total: in
     bar.update(1)
     step = record["step"]
     if main and cfg.log_every and (step % cfg.log_every == 0 or step == total):
-        parts = [f"{name} {record[key]:.4f}" for key, name in (("loss_emb", "emb"), ("loss_gen", "gen"),
-                 ("kl_rag", "rag kl"), ("kl_anchor", "anchor kl"), ("kl_chat", "chat kl"))
-                 if record.get(key) is not None]  # fmt: skip
+        named = [("loss_emb", "emb"), ("loss_gen", "gen"), *((f"kl_{kl}", f"{kl} kl") for kl in KL_NAMES)]
+        parts = [f"{name} {record[key]:.4f}" for key, name in named if record.get(key) is not None]
         log.info("step %d/%d loss %.4f (%s) lr %.2e %.0f tok/s", step, total, record["loss"], ", ".join(parts),
                  record["lr"], rate)  # fmt: skip
 
