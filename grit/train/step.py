@@ -100,15 +100,15 @@ def generative(lm: torch.nn.Module, batch: GenerativeBatch, cfg: TrainConfig, d:
         labels = labels.masked_fill(tail, IGNORE)
     if not data.chat_answer_loss:
         labels = labels.masked_fill(chat, IGNORE)
-    # what each KL reads: {name: (weight, positions, teacher adapter)}; a position's logits predict the next token
-    terms = {}
+    terms = {}  # a position's logits predict the next token
     if rag and data.rag_distill:
-        terms["rag"] = (data.rag_distill, tail, TEACHER if data.rag_teacher == "start" else None)
+        terms["rag"] = Term(data.rag_distill, tail, TEACHER if data.rag_teacher == "start" else None)
     if rag and data.rag_anchor:
-        terms["anchor"] = (data.rag_anchor, tail, TEACHER)
+        terms["anchor"] = Term(data.rag_anchor, tail, TEACHER, student_reads_full=True)
     if data.chat_distill:
-        terms["chat"] = (data.chat_distill, predicting(chat), TEACHER)
-    own = {name: where for name, (_, where, _) in terms.items() if name != "anchor"}  # read by the loss's pass
+        terms["chat"] = Term(data.chat_distill, predicting(chat), TEACHER)
+    own = {name: t.where for name, t in terms.items() if not t.student_reads_full}  # read by the loss's pass
+    full = {name: t.where for name, t in terms.items() if t.student_reads_full}
     if head_is_plain(lm):
         states = lm.get_decoder()(**inputs).last_hidden_state
         total = next_token_loss_from_states(states, lm.get_output_embeddings(), labels, "sum")
@@ -117,18 +117,28 @@ def generative(lm: torch.nn.Module, batch: GenerativeBatch, cfg: TrainConfig, d:
         logits = lm(**inputs).logits  # (R, W, V)
         total = next_token_loss(logits, labels, "sum")
         students = {name: logits[where] for name, where in own.items()}
-    if "anchor" in terms:  # the cache-aware rows read in one causal pass, by the trained model (with gradient)
-        students["anchor"] = full_reading(lm, batch, inputs, {"anchor": tail})["anchor"]
+    if full:  # the rows read in one causal pass by the trained model, with gradient
+        students |= full_reading(lm, batch, inputs, full)
     if cfg.loss_gen_type == "mixed":
         count = all_sum(trained_tokens(labels).float(), d).clamp(min=1)
     else:
         count = batch.sequences * d.world
     loss = total * d.world / count
-    kls = distillation(lm, batch, inputs, students, {name: (where, adapter) for name, (_, where, adapter) in
-                       terms.items()}, d)  # fmt: skip
+    kls = distillation(lm, batch, inputs, students, terms, d)
     for name, kl in kls.items():
-        loss = loss + terms[name][0] * kl
+        loss = loss + terms[name].weight * kl
     return loss, Kls(**{name: kl.detach() for name, kl in kls.items()})
+
+
+@dataclass
+class Term:
+    """One distillation term of ``generative``: its weight, the positions it reads, the teacher's adapter (None: the
+    model itself), and whether its student is a ``full_reading`` of its own rather than the loss's pass."""
+
+    weight: float
+    where: Tensor
+    teacher: str | None
+    student_reads_full: bool = False
 
 
 @dataclass
@@ -204,21 +214,21 @@ def full_reading(lm: torch.nn.Module, batch: GenerativeBatch, inputs: dict,
 
 
 def distillation(lm: torch.nn.Module, batch: GenerativeBatch, inputs: dict, students: dict[str, Tensor],
-                 readings: dict[str, tuple[Tensor, str | None]], d: Dist) -> dict[str, Tensor]:  # fmt: skip
+                 terms: dict[str, Term], d: Dist) -> dict[str, Tensor]:  # fmt: skip
     """Per term, the mean KL(teacher || student) of the next-token distributions at its positions: ``students``
     holds the trained model's logits there; the teacher is a ``full_reading`` without gradient, by the model itself
-    (adapter None) or with the LoRA adapter ``readings[name][1]`` (``TEACHER``: the model as the run started).
+    (``Term.teacher`` None) or with that LoRA adapter (``TEACHER``: the model as the run started).
     Terms with the same teacher share its pass. The terms: the cache-aware rows' (``data.rag_distill``, at
     ``rag_tail``, the student being the loss's block-masked pass) is what bench/rag_closeness.py measures, as a
     loss; ``data.rag_anchor`` holds those rows' full reading where it started (its student is a ``full_reading``
     with gradient); the chats' (``data.chat_distill``) holds their answers where they started."""
     kls = {}
-    for adapter in dict.fromkeys(adapter for _, adapter in readings.values()):
-        names = [name for name, (_, a) in readings.items() if a == adapter]
+    for adapter in dict.fromkeys(t.teacher for t in terms.values()):
+        names = [name for name, t in terms.items() if t.teacher == adapter]
         with torch.no_grad(), reading_with(lm, adapter):
-            teachers = full_reading(lm, batch, inputs, {name: readings[name][0] for name in names})
+            teachers = full_reading(lm, batch, inputs, {name: terms[name].where for name in names})
         for name in names:
-            count = all_sum(readings[name][0].sum().float(), d).clamp(min=1)
+            count = all_sum(terms[name].where.sum().float(), d).clamp(min=1)
             teacher = F.log_softmax(teachers[name].float(), -1)
             total = F.kl_div(F.log_softmax(students[name].float(), -1), teacher, log_target=True, reduction="sum")
             kls[name] = total * d.world / count

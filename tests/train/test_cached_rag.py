@@ -17,7 +17,7 @@ from grit.train.collate import collate_generative
 from grit.train.config import DataConfig, TrainConfig
 from grit.train.data import Batch, drop_short_answers, generative_examples, read_generative_files
 from grit.train.distributed import Dist
-from grit.train.step import distillation, generative, micro_step, rag_tail
+from grit.train.step import Term, distillation, generative, micro_step, rag_tail
 
 ROWS = [
     {"question": "Which module logs events?", "answers": ["logging"], "passage": "The logging module logs events."},
@@ -188,7 +188,8 @@ def student_distillation(lm, batch):
     inputs = {"input_ids": batch.input_ids, "use_cache": False, "position_ids": batch.positions,
               "attention_mask": segment_mask(batch.segments, True, lm.dtype, batch.blocks)}  # fmt: skip
     tail = rag_tail(batch)
-    return distillation(lm, batch, inputs, {"rag": lm(**inputs).logits[tail]}, {"rag": (tail, None)}, Dist())["rag"]
+    return distillation(lm, batch, inputs, {"rag": lm(**inputs).logits[tail]}, {"rag": Term(1.0, tail, None)},
+                        Dist())["rag"]  # fmt: skip
 
 
 @pytest.mark.parametrize("pack", [False, True], ids=["padded", "packed"])
